@@ -1,0 +1,89 @@
+"""Shared fixtures: how every test reaches the real PostgreSQL 15 container.
+
+Tests talk to the server through the port published on 127.0.0.1 (never a
+container address). Credentials come from the same places the playbooks use:
+the environment variables, else the generated files in `.secrets/`.
+Overrides for running the suite against another server:
+PGTEST_HOST, PGTEST_PORT, PGTEST_ADMIN_USER, POSTGRES_ADMIN_PASSWORD,
+POSTGRES_PASSWORD, POSTGRES_OWNER_PASSWORD.
+"""
+import os
+import pathlib
+import sys
+import uuid
+
+import psycopg2
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SECRETS_DIR = ROOT / ".secrets"
+# The pure-Python cores live in module_utils/; unit tests import them directly.
+sys.path.insert(0, str(ROOT / "module_utils"))
+
+DB_NAME = "social_selling"
+APP_ROLE = "social_selling_user"
+OWNER_ROLE = "social_selling_owner"
+CONTAINER = "social_selling_postgres"
+
+
+def _secret(env_name, file_name):
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    path = SECRETS_DIR / file_name
+    if not path.exists():
+        pytest.skip(f"{env_name} unset and {path} missing: provision first (make up)")
+    return path.read_text().strip()
+
+
+def _server():
+    return {
+        "host": os.environ.get("PGTEST_HOST", "127.0.0.1"),
+        "port": int(os.environ.get("PGTEST_PORT", "5432")),
+        "connect_timeout": 5,
+    }
+
+
+@pytest.fixture
+def admin_params():
+    """Connection parameters of the superuser, database `postgres`."""
+    return dict(
+        _server(),
+        user=os.environ.get("PGTEST_ADMIN_USER", "postgres"),
+        password=_secret("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password"),
+        dbname="postgres",
+    )
+
+
+@pytest.fixture
+def app_params():
+    """Connection parameters of the application role in `social_selling`."""
+    return dict(_server(), user=APP_ROLE, dbname=DB_NAME,
+                password=_secret("POSTGRES_PASSWORD", "postgres_app_password"))
+
+
+@pytest.fixture
+def owner_params():
+    """Connection parameters of the schema owner role in `social_selling`."""
+    return dict(_server(), user=OWNER_ROLE, dbname=DB_NAME,
+                password=_secret("POSTGRES_OWNER_PASSWORD", "postgres_owner_password"))
+
+
+@pytest.fixture
+def scratch_db(admin_params):
+    """A fresh, empty database for one test, dropped afterwards.
+
+    Yields superuser connection parameters pointing at it, so tests that
+    create and drop schema objects never touch `social_selling`.
+    """
+    name = "scratch_" + uuid.uuid4().hex[:12]
+    conn = psycopg2.connect(**admin_params)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield dict(admin_params, dbname=name)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
