@@ -1,0 +1,43 @@
+# Thin targets over the venv, Ansible, Molecule and pytest.
+#   make up     provision the database (engine, image, container, bootstrap, migrations, health)
+#   make test   lint, unit tests, then `molecule test` (converge, idempotence, integration tests)
+#   make bench  the benchmarks under bench/
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+# Ansible and Molecule call each other by name: the venv goes first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: up test lint unit molecule bench clean-venv
+
+$(BIN)/activate:
+	command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; }
+	python3 -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(BIN)/activate
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+up: $(VENV)/.installed
+	ansible-playbook site.yml
+
+lint: $(VENV)/.installed
+	yamllint --strict .
+	ansible-lint --profile production
+
+unit: $(VENV)/.installed
+	pytest tests/unit
+
+molecule: $(VENV)/.installed
+	molecule test
+
+test: lint unit molecule
+
+bench: $(VENV)/.installed
+	python bench/bench_health.py
+	python bench/bench_migrations.py
+
+clean-venv:
+	rm -rf $(VENV)
