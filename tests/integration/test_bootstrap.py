@@ -1,0 +1,157 @@
+"""Issue 3: database, extensions, roles and least-privilege grants.
+
+Seed acceptance: "Extensions installed: uuid-ossp, pgcrypto, pg_trgm,
+pg_stat_statements" and "Application database user created with correct
+permissions". Every check logs in for real, through the published port.
+"""
+import json
+import subprocess
+import uuid
+
+import psycopg2
+import pytest
+
+from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, run_playbook
+
+EXTENSIONS = ["pg_stat_statements", "pg_trgm", "pgcrypto", "uuid-ossp"]
+
+
+def _rows(params, sql, args=None):
+    with psycopg2.connect(**params) as conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+def test_seed_step_2_query_as_the_app_role_lists_the_extensions(app_params):
+    rows = _rows(app_params, "SELECT extname FROM pg_extension WHERE extname IN "
+                             "('uuid-ossp', 'pgcrypto', 'pg_trgm', 'pg_stat_statements') ORDER BY extname")
+    assert [r[0] for r in rows] == EXTENSIONS
+
+
+def test_pg_stat_statements_returns_rows(admin_params):
+    params = dict(admin_params, dbname=DB_NAME)
+    assert _rows(params, "SELECT count(*) FROM pg_stat_statements")[0][0] > 0
+
+
+def test_database_is_utf8_and_owned_by_the_owner_role(admin_params):
+    rows = _rows(admin_params, "SELECT pg_encoding_to_char(encoding), pg_get_userbyid(datdba) "
+                               "FROM pg_database WHERE datname = %s", (DB_NAME,))
+    assert rows == [("UTF8", OWNER_ROLE)]
+
+
+@pytest.mark.parametrize("role", [APP_ROLE, OWNER_ROLE])
+def test_role_is_no_superuser_and_cannot_create_roles_or_databases(admin_params, role):
+    rows = _rows(admin_params, "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
+                 (role,))
+    assert rows == [(True, False, False, False)]
+
+
+@pytest.mark.parametrize("role", [APP_ROLE, OWNER_ROLE])
+def test_password_is_stored_as_scram(admin_params, role):
+    stored = _rows(admin_params, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))[0][0]
+    assert stored.startswith("SCRAM-SHA-256$")
+
+
+def test_app_connection_limit_covers_the_pools_with_headroom(admin_params):
+    limit = _rows(admin_params, "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (APP_ROLE,))[0][0]
+    assert limit >= 20 * 2 + 1  # pool max x instances, plus headroom
+
+
+def test_public_cannot_connect_to_the_database(admin_params):
+    assert _rows(admin_params, "SELECT has_database_privilege('public', %s, 'CONNECT')", (DB_NAME,)) == [(False,)]
+
+
+@pytest.fixture
+def owner_table(owner_params):
+    """A table the owner role creates after the bootstrap, as a migration would."""
+    name = "grant_probe_" + uuid.uuid4().hex[:8]
+    with psycopg2.connect(**owner_params) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, note text)")
+    yield name
+    with psycopg2.connect(**owner_params) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_app_role_reads_and_writes_rows_in_tables_created_later(app_params, owner_table):
+    with psycopg2.connect(**app_params) as conn, conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {owner_table} (note) VALUES ('a') RETURNING id")
+        row_id = cur.fetchone()[0]
+        cur.execute(f"UPDATE {owner_table} SET note = 'b' WHERE id = %s", (row_id,))
+        cur.execute(f"SELECT note FROM {owner_table} WHERE id = %s", (row_id,))
+        assert cur.fetchone() == ("b",)
+        cur.execute(f"DELETE FROM {owner_table} WHERE id = %s", (row_id,))
+        assert cur.rowcount == 1
+
+
+@pytest.mark.parametrize("statement", [
+    "CREATE TABLE app_made_table (id int)",
+    "DROP TABLE {table}",
+    "ALTER TABLE {table} ADD COLUMN extra int",
+    "TRUNCATE {table}",
+    "CREATE ROLE app_made_role",
+    "SELECT rolpassword FROM pg_authid",
+    "CREATE DATABASE app_made_db",
+])
+def test_app_role_is_refused(app_params, owner_table, statement):
+    conn = psycopg2.connect(**app_params)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(statement.format(table=owner_table))
+    finally:
+        conn.close()
+
+
+def test_a_wrong_password_is_refused(app_params):
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(**dict(app_params, password="not-the-password-" + uuid.uuid4().hex))
+
+
+def test_rotating_postgres_password_changes_once_then_nothing(app_params):
+    new_password = "rotated-" + uuid.uuid4().hex
+    try:
+        first = run_playbook("site.yml", env={"POSTGRES_PASSWORD": new_password})
+        assert first.rc == 0 and first.changed == 1, first
+        second = run_playbook("site.yml", env={"POSTGRES_PASSWORD": new_password})
+        assert second.rc == 0 and second.changed == 0, second
+        psycopg2.connect(**dict(app_params, password=new_password)).close()
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(**app_params)
+    finally:
+        restored = run_playbook("site.yml")
+    assert restored.rc == 0 and restored.changed == 1, restored
+    psycopg2.connect(**app_params).close()
+
+
+def test_no_password_appears_in_output_even_with_vvv(admin_params, app_params, owner_params):
+    run = run_playbook("site.yml", "-vvv")
+    assert run.rc == 0, run
+    for params in (admin_params, app_params, owner_params):
+        assert params["password"] not in run.output
+
+
+def test_no_password_reaches_the_server_log_after_a_rotation(admin_params, app_params, owner_params):
+    # Development logs every statement: ALTER ROLE ... PASSWORD must not be among them.
+    new_password = "logcheck-" + uuid.uuid4().hex
+    try:
+        assert run_playbook("site.yml", env={"POSTGRES_PASSWORD": new_password}).rc == 0
+    finally:
+        assert run_playbook("site.yml").rc == 0
+    logs = subprocess.run(["docker", "logs", CONTAINER], capture_output=True, text=True, check=True)
+    text = logs.stdout + logs.stderr
+    for secret in (new_password, admin_params["password"], app_params["password"], owner_params["password"]):
+        assert secret not in text
+
+
+@pytest.mark.parametrize("extra_vars, env, message", [
+    ({"db_extensions": ["uuid-ossp", "no_such_extension"]}, {}, "Unknown extension(s) no_such_extension"),
+    ({"db_app_user": "Bad-Name"}, {}, "postgres_bootstrap_app_role=Bad-Name is not a valid name"),
+    ({}, {"POSTGRES_PASSWORD": "short"}, "has 5 characters; at least 16 are required"),
+    ({"db_app_password": ""}, {}, "has 0 characters; at least 16 are required"),
+], ids=["unknown extension", "invalid role name", "short password", "empty password"])
+def test_bad_input_fails_before_any_change(admin_params, extra_vars, env, message):
+    run = run_playbook("site.yml", "-e", json.dumps(extra_vars), env=env)
+    assert run.rc != 0, run
+    assert message in run.output, run
+    assert run.changed == 0, run
+    assert _rows(admin_params, "SELECT count(*) FROM pg_roles WHERE rolname = 'Bad-Name'") == [(0,)]
