@@ -71,7 +71,12 @@ def run_playbook(params, *extra_args, **extra_vars):
                      db_app_user=params["user"])
     variables.update(extra_vars)
     # The inventory takes the app password from POSTGRES_PASSWORD.
-    env = dict(os.environ, POSTGRES_PASSWORD=params["password"], ANSIBLE_NOCOLOR="1")
+    # Molecule's verifier exports its own ANSIBLE_* settings: drop them so the
+    # run uses the project's ansible.cfg and inventory, as a user's would.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANSIBLE_", "MOLECULE_")) and k != "DB_SECRETS_DIR"}
+    env.update(POSTGRES_PASSWORD=params["password"], ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     cmd = [str(BIN / "ansible-playbook"), "playbooks/health.yml", "-e", json.dumps(variables)]
     cmd.extend(extra_args)
     proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True,
