@@ -131,22 +131,23 @@ def silent_server():
 
 @pytest.fixture
 def limited_role(admin_params, app_params):
-    """A throwaway LOGIN role with CONNECTION LIMIT 3 and CONNECT on the app db."""
-    name = "health_limited_" + uuid.uuid4().hex[:8]
-    password = uuid.uuid4().hex
+    """The app role with its CONNECTION LIMIT lowered to 3 for one test, then restored.
+
+    The app role itself, because pg_hba.conf lets only the app and owner roles
+    in over TCP.
+    """
     conn = psycopg2.connect(**admin_params)
     conn.autocommit = True
+    role = app_params["user"]
     with conn.cursor() as cur:
-        cur.execute('CREATE ROLE "%s" LOGIN CONNECTION LIMIT 3 PASSWORD %%s' % name, (password,))
-        cur.execute('GRANT CONNECT ON DATABASE "%s" TO "%s"' % (app_params["dbname"], name))
+        cur.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (role,))
+        previous = cur.fetchone()[0]
+        cur.execute('ALTER ROLE "%s" CONNECTION LIMIT 3' % role)
     try:
-        yield dict(app_params, user=name, password=password, connection_limit=3)
+        yield dict(app_params, connection_limit=3)
     finally:
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                        (name,))
-            cur.execute('REVOKE CONNECT ON DATABASE "%s" FROM "%s"' % (app_params["dbname"], name))
-            cur.execute('DROP ROLE "%s"' % name)
+            cur.execute('ALTER ROLE "%s" CONNECTION LIMIT %d' % (role, previous))
         conn.close()
 
 
