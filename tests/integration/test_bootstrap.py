@@ -153,7 +153,7 @@ def test_no_password_reaches_the_server_log_after_a_rotation(admin_params, app_p
 
 @pytest.mark.parametrize("extra_vars, env, message", [
     ({"db_extensions": ["uuid-ossp", "no_such_extension"]}, {}, "Unknown extension(s) no_such_extension"),
-    ({"db_app_user": "Bad-Name"}, {}, "postgres_bootstrap_app_role=Bad-Name is not a valid name"),
+    ({"db_app_user": "Bad-Name"}, {}, "db_app_user=Bad-Name is not a valid name"),
     ({}, {"POSTGRES_PASSWORD": "short"}, "has 5 characters; at least 16 are required"),
     ({"db_app_password": ""}, {}, "has 0 characters; at least 16 are required"),
 ], ids=["unknown extension", "invalid role name", "short password", "empty password"])
