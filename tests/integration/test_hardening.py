@@ -1,0 +1,161 @@
+"""Issue 7: TLS, access rules and logging, in production and development.
+
+The production tests converge the shared container with app_env=production
+(TLS required) and put it back to development afterwards.
+"""
+import json
+import os
+import subprocess
+import time
+
+import psycopg2
+import pytest
+
+from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, run_playbook, wait_until_ready
+
+CONFIG_ROOT = "/etc/social-selling-postgres"
+CA_FILE = CONFIG_ROOT + "/ca.crt"
+
+
+@pytest.fixture(scope="module")
+def production(request):
+    """The container converged with app_env=production; development again afterwards."""
+    run = run_playbook("site.yml", "-e", "app_env=production")
+    try:
+        assert run.rc == 0, run
+        yield run
+    finally:
+        restored = run_playbook("site.yml")
+        assert restored.rc == 0, restored
+
+
+def _connect(params, **extra):
+    return psycopg2.connect(**dict(params, **extra))
+
+
+# Development (the inventory's default): access rules.
+
+def test_an_address_not_in_pg_hba_is_refused(app_params):
+    # Inside the container, 127.0.0.1 is not a client network: only the Docker
+    # network (where the host's published port comes from) is.
+    proc = subprocess.run(["docker", "exec", "-e", f"PGPASSWORD={app_params['password']}", CONTAINER,
+                           "psql", "-h", "127.0.0.1", "-U", APP_ROLE, "-d", DB_NAME, "-c", "SELECT 1"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "pg_hba.conf rejects connection" in proc.stderr, proc.stderr
+
+
+def test_a_role_not_named_in_pg_hba_is_refused_over_tcp(admin_params):
+    with _connect(admin_params) as conn, conn.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS hba_probe; CREATE ROLE hba_probe LOGIN PASSWORD 'hba-probe-password-123'")
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="pg_hba.conf rejects connection"):
+            _connect(admin_params, user="hba_probe", password="hba-probe-password-123", dbname=DB_NAME)
+    finally:
+        with _connect(admin_params) as conn, conn.cursor() as cur:
+            cur.execute("DROP ROLE IF EXISTS hba_probe")
+
+
+def test_changed_access_rules_reload_without_restart(admin_params):
+    started = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", CONTAINER],
+                             capture_output=True, text=True, check=True).stdout
+    extra = json.dumps({"postgres_container_client_cidrs": ["10.99.0.0/16", "172.16.0.0/12"]})
+    try:
+        run = run_playbook("site.yml", "-e", extra)
+        assert run.rc == 0, run
+        assert "Reload the server configuration" in run.output
+        with _connect(admin_params) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_hba_file_rules WHERE address = '10.99.0.0'")
+            assert cur.fetchone()[0] == 1
+    finally:
+        assert run_playbook("site.yml").rc == 0
+    after = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", CONTAINER],
+                           capture_output=True, text=True, check=True).stdout
+    assert after == started
+
+
+@pytest.fixture
+def other_ca_pair(tmp_path):
+    """A certificate and a key that does not belong to it."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=probe", "-keyout", str(tmp_path / "a.key"), "-out", str(tmp_path / "a.crt"))
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(tmp_path / "b.key"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"cert": "missing.crt", "key": "a.key", "ca": "a.crt"}, "does not exist on the control node"),
+    ({"cert": "a.crt", "key": "b.key", "ca": "a.crt"}, "is not the key of"),
+], ids=["certificate path that does not exist", "key that does not match its certificate"])
+def test_bad_tls_files_fail_before_any_change(other_ca_pair, files, message):
+    before = container_id()
+    extra = {"app_env": "production",
+             "postgres_container_ssl_cert_file": str(other_ca_pair / files["cert"]),
+             "postgres_container_ssl_key_file": str(other_ca_pair / files["key"]),
+             "postgres_container_ssl_ca_file": str(other_ca_pair / files["ca"])}
+    run = run_playbook("site.yml", "-e", json.dumps(extra))
+    assert run.rc != 0 and message in run.output, run
+    assert run.changed == 0, run
+    assert container_id() == before
+
+
+# Production: TLS required. These come last: the module-scoped fixture keeps
+# production in force until the module ends.
+
+def test_production_run_recreates_nothing_on_the_second_run(production):
+    before = container_id()
+    cert_before = os.stat(CONFIG_ROOT + "/conf/server.crt").st_mtime_ns
+    again = run_playbook("site.yml", "-e", "app_env=production")
+    assert again.rc == 0 and again.changed == 0, again
+    assert container_id() == before
+    assert os.stat(CONFIG_ROOT + "/conf/server.crt").st_mtime_ns == cert_before
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_verify_full_with_our_ca_connects(production, app_params, host):
+    with _connect(app_params, host=host, sslmode="verify-full", sslrootcert=CA_FILE) as conn, conn.cursor() as cur:
+        cur.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        ssl, version = cur.fetchone()
+    assert ssl is True and version in ("TLSv1.2", "TLSv1.3")
+
+
+def test_sslmode_disable_is_refused_in_production(production, app_params):
+    with pytest.raises(psycopg2.OperationalError, match="no encryption"):
+        _connect(app_params, sslmode="disable")
+
+
+def test_every_app_connection_is_encrypted_with_tls_1_2_or_newer(production, app_params, admin_params):
+    keep = _connect(app_params, sslmode="require")
+    try:
+        with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+            cur.execute("SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                        "WHERE a.usename = %s", (APP_ROLE,))
+            rows = cur.fetchall()
+    finally:
+        keep.close()
+    assert rows and all(ssl and version in ("TLSv1.2", "TLSv1.3") for ssl, version in rows), rows
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("ssl", "on"), ("ssl_min_protocol_version", "TLSv1.2"), ("log_connections", "on"),
+    ("log_disconnections", "on"), ("log_statement", "none"), ("log_min_duration_statement", "-1"),
+])
+def test_production_server_setting(production, admin_params, setting, expected):
+    with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+        cur.execute(f"SHOW {setting}")
+        assert cur.fetchone()[0] == expected
+
+
+def test_production_log_line_names_time_user_database_and_client(production, admin_params):
+    with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+        cur.execute("SHOW log_line_prefix")
+        prefix = cur.fetchone()[0]
+    for escape in ("%m", "%u", "%d", "%h"):
+        assert escape in prefix
+
+
+def test_server_key_belongs_to_the_server_user_only(production):
+    owner = subprocess.run(["docker", "exec", CONTAINER, "stat", "-c", "%U %a",
+                            "/etc/social-selling-postgres/server.key"], capture_output=True, text=True, check=True)
+    assert owner.stdout.split() == ["postgres", "600"]
