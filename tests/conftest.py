@@ -159,3 +159,14 @@ def wait_until_ready(params, timeout=120):
 def playbook():
     """Run ansible-playbook like a user would; see run_playbook."""
     return run_playbook
+
+
+def query(params, sql, args=None):
+    """Run one statement with these connection parameters; its rows (None when it returns none)."""
+    conn = psycopg2.connect(**params)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()

@@ -12,54 +12,48 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, run_playbook
+from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, run_playbook, query
 
 EXTENSIONS = ["pg_stat_statements", "pg_trgm", "pgcrypto", "uuid-ossp"]
 
 
-def _rows(params, sql, args=None):
-    with psycopg2.connect(**params) as conn, conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchall()
-
-
 def test_seed_step_2_query_as_the_app_role_lists_the_extensions(app_params):
-    rows = _rows(app_params, "SELECT extname FROM pg_extension WHERE extname IN "
+    rows = query(app_params, "SELECT extname FROM pg_extension WHERE extname IN "
                              "('uuid-ossp', 'pgcrypto', 'pg_trgm', 'pg_stat_statements') ORDER BY extname")
     assert [r[0] for r in rows] == EXTENSIONS
 
 
-def test_pg_stat_statements_returns_rows(admin_params):
+def test_pg_stat_statements_returnsquery(admin_params):
     params = dict(admin_params, dbname=DB_NAME)
-    assert _rows(params, "SELECT count(*) FROM pg_stat_statements")[0][0] > 0
+    assert query(params, "SELECT count(*) FROM pg_stat_statements")[0][0] > 0
 
 
 def test_database_is_utf8_and_owned_by_the_owner_role(admin_params):
-    rows = _rows(admin_params, "SELECT pg_encoding_to_char(encoding), pg_get_userbyid(datdba) "
+    rows = query(admin_params, "SELECT pg_encoding_to_char(encoding), pg_get_userbyid(datdba) "
                                "FROM pg_database WHERE datname = %s", (DB_NAME,))
     assert rows == [("UTF8", OWNER_ROLE)]
 
 
 @pytest.mark.parametrize("role", [APP_ROLE, OWNER_ROLE])
 def test_role_is_no_superuser_and_cannot_create_roles_or_databases(admin_params, role):
-    rows = _rows(admin_params, "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
+    rows = query(admin_params, "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
                  (role,))
     assert rows == [(True, False, False, False)]
 
 
 @pytest.mark.parametrize("role", [APP_ROLE, OWNER_ROLE])
 def test_password_is_stored_as_scram(admin_params, role):
-    stored = _rows(admin_params, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))[0][0]
+    stored = query(admin_params, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))[0][0]
     assert stored.startswith("SCRAM-SHA-256$")
 
 
 def test_app_connection_limit_covers_the_pools_with_headroom(admin_params):
-    limit = _rows(admin_params, "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (APP_ROLE,))[0][0]
+    limit = query(admin_params, "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (APP_ROLE,))[0][0]
     assert limit >= 20 * 2 + 1  # pool max x instances, plus headroom
 
 
 def test_public_cannot_connect_to_the_database(admin_params):
-    assert _rows(admin_params, "SELECT has_database_privilege('public', %s, 'CONNECT')", (DB_NAME,)) == [(False,)]
+    assert query(admin_params, "SELECT has_database_privilege('public', %s, 'CONNECT')", (DB_NAME,)) == [(False,)]
 
 
 @pytest.fixture
@@ -162,4 +156,4 @@ def test_bad_input_fails_before_any_change(admin_params, extra_vars, env, messag
     assert run.rc != 0, run
     assert message in run.output, run
     assert run.changed == 0, run
-    assert _rows(admin_params, "SELECT count(*) FROM pg_roles WHERE rolname = 'Bad-Name'") == [(0,)]
+    assert query(admin_params, "SELECT count(*) FROM pg_roles WHERE rolname = 'Bad-Name'") == [(0,)]

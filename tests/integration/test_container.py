@@ -12,7 +12,7 @@ import subprocess
 import psycopg2
 import pytest
 
-from conftest import CONTAINER, ROOT, container_id, docker, run_playbook, wait_until_ready
+from conftest import CONTAINER, container_id, docker, run_playbook, wait_until_ready
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ import json
 import re
 import sys
 
-import psycopg2
 import pytest
 
-from conftest import CONTAINER, docker
+from conftest import CONTAINER, docker, query
 
 BASELINE_CONTROLS = [f"postgres-{n:02d}" for n in range(1, 16)]
 
@@ -29,19 +28,13 @@ NOT_APPLICABLE = {
 }
 
 
-def _query(params, sql, args=None):
-    with psycopg2.connect(**params) as conn, conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchall()
-
-
 def _exec(*argv):
     return docker("exec", CONTAINER, *argv)
 
 
 def test_postgres_01_postgresql_is_running(admin_params):
     state = json.loads(docker("inspect", CONTAINER))[0]["State"]
-    assert state["Running"] and _query(admin_params, "SELECT 1") == [(1,)]
+    assert state["Running"] and query(admin_params, "SELECT 1") == [(1,)]
 
 
 def test_postgres_02_stable_postgresql_version():
@@ -60,30 +53,30 @@ def test_postgres_03_one_postgresql_instance():
 
 
 def test_postgres_04_only_c_and_internal_are_untrusted_languages(admin_params):
-    rows = _query(dict(admin_params, dbname="social_selling"),
+    rows = query(dict(admin_params, dbname="social_selling"),
                   "SELECT lanname FROM pg_language WHERE NOT lanpltrusted AND lanname NOT IN ('internal', 'c')")
     assert rows == []
 
 
 def test_postgres_05_every_login_role_has_a_password(admin_params):
-    assert _query(admin_params, "SELECT usename FROM pg_shadow WHERE passwd IS NULL") == []
+    assert query(admin_params, "SELECT usename FROM pg_shadow WHERE passwd IS NULL") == []
 
 
 def test_postgres_06_passwords_are_stored_as_salted_scram_hashes(admin_params):
-    hashes = [row[0] for row in _query(admin_params, "SELECT passwd FROM pg_shadow")]
+    hashes = [row[0] for row in query(admin_params, "SELECT passwd FROM pg_shadow")]
     assert hashes and all(h.startswith("SCRAM-SHA-256$") for h in hashes)
-    assert _query(admin_params, "SHOW password_encryption") == [("scram-sha-256",)]
+    assert query(admin_params, "SHOW password_encryption") == [("scram-sha-256",)]
 
 
 def test_postgres_07_only_the_dba_may_create_roles_or_databases_or_is_superuser(admin_params):
-    rows = _query(admin_params, "SELECT rolname FROM pg_roles WHERE rolsuper OR rolcreaterole OR rolcreatedb")
+    rows = query(admin_params, "SELECT rolname FROM pg_roles WHERE rolsuper OR rolcreaterole OR rolcreatedb")
     assert rows == [("postgres",)]
 
 
 def test_postgres_08_only_the_dba_has_privileges_on_pg_authid(admin_params):
-    acl = _query(admin_params, "SELECT relacl::text FROM pg_class WHERE oid = 'pg_catalog.pg_authid'::regclass")
+    acl = query(admin_params, "SELECT relacl::text FROM pg_class WHERE oid = 'pg_catalog.pg_authid'::regclass")
     assert acl in ([(None,)], [("{postgres=arwdDxt/postgres}",)]), acl  # NULL: the owner's default rights only
-    readers = _query(admin_params, """
+    readers = query(admin_params, """
         SELECT r.rolname FROM pg_roles r
         WHERE r.rolcanlogin AND NOT r.rolsuper
           AND has_table_privilege(r.oid, 'pg_catalog.pg_authid', 'SELECT')""")
@@ -97,9 +90,9 @@ def test_postgres_09_data_directory_belongs_to_the_database_account_only():
 
 
 def test_postgres_10_config_directory_and_files_belong_to_the_database_account_only(admin_params):
-    paths = [row[0] for row in _query(admin_params, "SELECT setting FROM pg_settings "
+    paths = [row[0] for row in query(admin_params, "SELECT setting FROM pg_settings "
                                                     "WHERE name IN ('config_file', 'hba_file', 'ident_file')")]
-    conf_dir = _exec("dirname", _query(admin_params, "SHOW config_file")[0][0]).strip()
+    conf_dir = _exec("dirname", query(admin_params, "SHOW config_file")[0][0]).strip()
     owners = _exec("stat", "-c", "%n %U %a", conf_dir, *paths).splitlines()
     assert owners[0].split()[1:] == ["postgres", "700"], owners
     for line in owners[1:]:
@@ -107,29 +100,29 @@ def test_postgres_10_config_directory_and_files_belong_to_the_database_account_o
 
 
 def test_postgres_12_strong_ssl_ciphers_only(admin_params):
-    ciphers = _query(admin_params, "SHOW ssl_ciphers")[0][0]
+    ciphers = query(admin_params, "SHOW ssl_ciphers")[0][0]
     for excluded in ("!ADH", "!LOW", "!EXP", "!MD5"):
         assert excluded in ciphers.split(":"), ciphers
 
 
 def test_postgres_13_no_trust_password_or_crypt_authentication(admin_params):
-    rows = _query(admin_params, "SELECT type, auth_method FROM pg_hba_file_rules")
+    rows = query(admin_params, "SELECT type, auth_method FROM pg_hba_file_rules")
     assert not [r for r in rows if r[1] in ("trust", "password", "crypt", "md5")], rows
     assert {r[1] for r in rows if r[0].startswith("host")} <= {"scram-sha-256", "reject"}, rows
 
 
 def test_postgres_14_at_most_one_peer_or_ident_rule(admin_params):
-    rows = _query(admin_params, "SELECT line_number FROM pg_hba_file_rules WHERE auth_method IN ('peer', 'ident')")
+    rows = query(admin_params, "SELECT line_number FROM pg_hba_file_rules WHERE auth_method IN ('peer', 'ident')")
     assert len(rows) <= 1
 
 
 @pytest.mark.parametrize("setting, expected", [("log_connections", "on"), ("log_disconnections", "on")])
 def test_postgres_15_connections_are_logged(admin_params, setting, expected):
-    assert _query(admin_params, f"SHOW {setting}") == [(expected,)]
+    assert query(admin_params, f"SHOW {setting}") == [(expected,)]
 
 
 def test_postgres_15_log_lines_name_time_user_database_and_client(admin_params):
-    prefix = _query(admin_params, "SHOW log_line_prefix")[0][0]
+    prefix = query(admin_params, "SHOW log_line_prefix")[0][0]
     assert all(escape in prefix for escape in ("%m", "%u", "%d", "%h")), prefix
 
 

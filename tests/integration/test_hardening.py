@@ -6,12 +6,11 @@ The production tests converge the shared container with app_env=production
 import json
 import os
 import subprocess
-import time
 
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, run_playbook, wait_until_ready
+from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, run_playbook
 
 CONFIG_ROOT = "/etc/social-selling-postgres"
 CA_FILE = CONFIG_ROOT + "/ca.crt"

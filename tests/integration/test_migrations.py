@@ -14,6 +14,7 @@ import pytest
 
 import pg_migrate_core as core
 from pg_migrate_core import MigrationError, MigrationFailed
+from conftest import query
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -49,16 +50,6 @@ def migrate(scratch_db, folder):
         return core.run(lambda: core.connect(dict(scratch_db)), str(directory or folder), action,
                         runner_options=runner_options, **options)
     return run
-
-
-def query(params, sql, args=None):
-    conn = psycopg2.connect(**params)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
 
 
 def tracked(params):

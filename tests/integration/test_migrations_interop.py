@@ -9,10 +9,10 @@ import pathlib
 import shutil
 import subprocess
 
-import psycopg2
 import pytest
 
 import pg_migrate_core as core
+from conftest import query
 
 NODE_DIR = pathlib.Path(__file__).resolve().parent / "node"
 CLIS = {
@@ -74,16 +74,6 @@ def ours(scratch_db, folder):
     def run(action, **options):
         return core.run(lambda: core.connect(dict(scratch_db)), str(folder), action, **options)
     return run
-
-
-def query(params, sql, args=None):
-    conn = psycopg2.connect(**params)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
 
 
 def tracked(params):
