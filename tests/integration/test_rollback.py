@@ -1,0 +1,376 @@
+"""Issue 5: playbooks/rollback.yml and playbooks/restore.yml never lose data.
+
+Against the real container (`social_selling_postgres` on 127.0.0.1:5432), so
+these tests reset it: each one leaves it provisioned, migrated and healthy,
+with the rows it found (the reset tests restore the pre-reset backup; the
+module ends with `site.yml`). Backups go to a per-test folder, never to the
+default one. Migrations beyond the project's own come from a scratch copy of
+migrations/ and are rolled back again before the test ends.
+
+To develop against a throwaway container instead, point ROLLBACK_TEST_VARS at
+a JSON file of extra vars (db_container_name, db_port,
+postgres_container_volume, postgres_container_network,
+postgres_container_config_root) and set PGTEST_PORT to the same port.
+"""
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import stat
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import ROOT, container_id, docker, run_playbook
+
+EXTRA = json.loads(pathlib.Path(os.environ["ROLLBACK_TEST_VARS"]).read_text()) \
+    if os.environ.get("ROLLBACK_TEST_VARS") else {}
+CONTAINER = EXTRA.get("db_container_name", "social_selling_postgres")
+VOLUME = EXTRA.get("postgres_container_volume", "social_selling_pgdata")
+DB = "social_selling"
+INITIAL = "1710000000001_initial-schema"
+WIDGETS = "1710000000002_create-widgets"
+GADGETS = "1710000000003_create-gadgets"
+# The gadgets down section sleeps as long as the session setting says (not
+# at all unless a test sets it through PGOPTIONS), so a test can kill the
+# container while a rollback is in the middle of it.
+SCRATCH_FILES = {
+    WIDGETS + ".sql": "-- Up Migration\nCREATE TABLE widgets (id serial PRIMARY KEY, label text NOT NULL);\n\n"
+                      "-- Down Migration\nDROP TABLE widgets;\n",
+    GADGETS + ".sql": "-- Up Migration\nCREATE TABLE gadgets (id serial PRIMARY KEY);\n\n"
+                      "-- Down Migration\n"
+                      "SELECT pg_sleep(coalesce(nullif(current_setting('rollback_test.sleep', true), ''), '0')::float8);\n"
+                      "DROP TABLE gadgets;\n",
+}
+
+
+def container_running():
+    if shutil.which("docker") is None:
+        return False
+    completed = subprocess.run(["docker", "ps", "--filter", "name=^%s$" % CONTAINER, "--format", "{{.Names}}"],
+                               capture_output=True, text=True, check=False)
+    return completed.stdout.strip() == CONTAINER
+
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not container_running(), reason="container %s is not running" % CONTAINER)]
+
+
+def sql(query, db=DB):
+    """One query as the superuser through the container's socket; its rows as text lines."""
+    out = docker("exec", CONTAINER, "psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-U", "postgres",
+                 "-d", db, "-Atc", query)
+    return [line for line in out.splitlines() if line]
+
+
+def applied():
+    return sql("SELECT name FROM pgmigrations ORDER BY run_on, id")
+
+
+def wait_for_server(timeout=120):
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["docker", "exec", CONTAINER, "pg_isready", "-q", "-h", "127.0.0.1"],
+                         capture_output=True, check=False).returncode != 0:
+        assert time.monotonic() < deadline, "server did not come back"
+        time.sleep(1)
+
+
+def insert_users(count=3):
+    """Rows the tests must never lose; returns them as JSON text, ordered by email."""
+    marker = uuid.uuid4().hex[:8]
+    sql("INSERT INTO users (email, password_hash, name, subscription_tier, last_login_ip) "
+        "SELECT format('rollback-test-%s-%s@example.test', '{m}', i), md5(i::text), "
+        "format('Name %s ''quoted''', i), (ARRAY['free','pro','basic'])[1 + i % 3], '10.0.0.' || i "
+        "FROM generate_series(1, {n}) AS i".format(m=marker, n=count))
+    return users_like(marker)
+
+
+def users_like(marker):
+    return sql("SELECT row_to_json(u)::text FROM users u WHERE email LIKE 'rollback-test-{m}-%' "
+               "ORDER BY email".format(m=marker))
+
+
+def delete_test_users():
+    sql("DELETE FROM users WHERE email LIKE 'rollback-test-%'")
+
+
+def dumps(folder):
+    return sorted(p.name for p in folder.glob(DB + "-*.dump"))
+
+
+def checksum_matches(dump):
+    recorded = (dump.parent / (dump.name + ".sha256")).read_text().split()
+    return recorded == [hashlib.sha256(dump.read_bytes()).hexdigest(), dump.name]
+
+
+class Runner:
+    """ansible-playbook with our extra vars: the per-test backup folder, a migrations folder."""
+
+    def __init__(self, tmp_path, migrations=None):
+        self.backups = tmp_path / "backups"
+        self.vars_file = tmp_path / "vars.json"
+        self.extra = dict(EXTRA, postgres_backup_dir=str(self.backups))
+        if migrations:
+            self.extra["postgres_migrations_dir"] = str(migrations)
+        self.vars_file.write_text(json.dumps(self.extra))
+
+    def args(self, playbook, *extra):
+        args = [playbook, "-e", "@" + str(self.vars_file)]
+        for item in extra:
+            args += ["-e", item]
+        return args
+
+    def __call__(self, playbook, *extra, env=None):
+        result = run_playbook(*self.args(playbook, *extra), env=env)
+        result.text = " ".join(result.output.split())  # the YAML callback wraps long lines
+        print(result)  # shown by pytest when the test fails
+        return result
+
+    def background(self, playbook, *extra, env):
+        """Like run_playbook, but returns the running process."""
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("ANSIBLE_", "MOLECULE_")) and k != "DB_SECRETS_DIR"}
+        clean.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", **env)
+        clean["PATH"] = os.path.dirname(sys.executable) + os.pathsep + clean.get("PATH", "")
+        return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                                 *self.args(playbook, *extra)],
+                                cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def provisioned_at_the_end():
+    """Whatever happens in between, the module ends with site.yml and no test rows."""
+    yield
+    result = run_playbook("site.yml", *(["-e", json.dumps(EXTRA)] if EXTRA else []))
+    assert result.rc == 0, result
+    delete_test_users()
+
+
+@pytest.fixture
+def scratch_migrations(tmp_path):
+    """migrations/ plus two later migrations, applied; rolled back again at the end."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for path in (ROOT / "migrations").glob("*.sql"):
+        shutil.copy(path, folder)
+    for name, text in SCRATCH_FILES.items():
+        (folder / name).write_text(text)
+    (tmp_path / "setup").mkdir()
+    run = Runner(tmp_path / "setup", folder)
+    assert run("playbooks/migrate.yml").rc == 0
+    assert applied()[-2:] == [WIDGETS, GADGETS]
+    yield folder
+    docker("start", CONTAINER, check=False)  # a test may have killed it
+    wait_for_server()
+    if set(applied()) & {WIDGETS, GADGETS}:
+        assert run("playbooks/migrate.yml", "migrate_action=down", "migrate_to=" + INITIAL).rc == 0
+
+
+def test_rollback_of_one_migration_keeps_the_older_ones_and_writes_a_backup(tmp_path, scratch_migrations):
+    run = Runner(tmp_path, scratch_migrations)
+    rows = insert_users()
+    result = run("playbooks/rollback.yml")
+    assert result.rc == 0
+    assert applied() == [INITIAL, WIDGETS]
+    assert "Rolled back (newest first): %s. Last applied now: %s." % (GADGETS, WIDGETS) in result.text
+    [name] = dumps(run.backups)
+    assert name.endswith("-pre-rollback.dump") and name in result.text
+    assert users_like(rows[0].split("rollback-test-")[1][:8]) == rows
+    assert not (run.backups / "rollback-in-progress.json").exists()
+
+
+@pytest.mark.parametrize("request_vars, rolled_back", [
+    (["rollback_count=2"], [GADGETS, WIDGETS]),
+    (["rollback_to=" + WIDGETS], [GADGETS]),
+], ids=["count-2", "to-widgets"])
+def test_rollback_count_or_to_rolls_back_down_to_a_fixed_target(tmp_path, scratch_migrations, request_vars,
+                                                                 rolled_back):
+    run = Runner(tmp_path, scratch_migrations)
+    before = applied()
+    result = run("playbooks/rollback.yml", *request_vars)
+    assert result.rc == 0
+    assert applied() == [name for name in before if name not in rolled_back]
+    assert "Rolled back (newest first): %s." % ", ".join(rolled_back) in result.text
+
+
+def test_old_backups_are_pruned_to_the_configured_count(tmp_path, scratch_migrations):
+    run = Runner(tmp_path, scratch_migrations)
+    run.backups.mkdir(mode=0o700)
+    old = ["%s-2020010%dT000000Z-manual.dump" % (DB, day) for day in (1, 2, 3)]
+    for name in old:
+        (run.backups / name).write_bytes(b"old")
+        (run.backups / (name + ".sha256")).write_text("x  %s\n" % name)
+    assert run("playbooks/rollback.yml", "postgres_backup_keep=2").rc == 0
+    kept = dumps(run.backups)
+    assert kept[0] == old[2] and kept[1].endswith("-pre-rollback.dump") and len(kept) == 2
+    assert sorted(p.name for p in run.backups.glob("*.sha256")) == [name + ".sha256" for name in kept]
+
+
+@pytest.mark.parametrize("playbook, request_vars, message", [
+    ("playbooks/rollback.yml", ["rollback_scope=everything"], "rollback_scope=everything is not allowed"),
+    ("playbooks/rollback.yml", ["rollback_count=0"], "rollback_count=0 is not allowed"),
+    ("playbooks/rollback.yml", ["rollback_count=two"], "rollback_count=two is not allowed"),
+    ("playbooks/rollback.yml", ["rollback_count=9"], "rollback_count=9 is more than the 1 applied migration(s)"),
+    ("playbooks/rollback.yml", ["rollback_to=1710000000009_never-applied"],
+     "rollback_to=1710000000009_never-applied is not an applied migration. Applied, oldest first: " + INITIAL),
+    ("playbooks/rollback.yml", ["postgres_backup_dir=/etc/hostname/backups"],
+     "The backup folder /etc/hostname/backups on localhost is not writable"),
+    ("playbooks/restore.yml", ["rollback_confirm=" + DB, "restore_backup=%s-20200101T000000Z-nope.dump" % DB],
+     "restore_backup=%s-20200101T000000Z-nope.dump is not a dump of %s in" % (DB, DB)),
+    ("playbooks/restore.yml", ["restore_backup=whatever.dump"], "-e rollback_confirm=%s (got none)" % DB),
+], ids=["scope", "count-zero", "count-word", "count-too-many", "to-not-applied", "folder-not-writable",
+        "restore-missing-file", "restore-unconfirmed"])
+def test_bad_input_fails_with_a_clear_message_before_any_change(tmp_path, playbook, request_vars, message):
+    run = Runner(tmp_path)
+    before, container = applied(), container_id(CONTAINER)
+    result = run(playbook, *request_vars)
+    assert result.rc != 0
+    assert message in result.text and "Nothing was changed." in result.text
+    assert applied() == before and container_id(CONTAINER) == container
+    assert not run.backups.exists() or dumps(run.backups) == []
+
+
+@pytest.mark.parametrize("confirm", [[], ["rollback_confirm=social"], ["rollback_confirm=SOCIAL_SELLING"]],
+                         ids=["missing", "prefix", "other-case"])
+def test_reset_without_the_right_confirmation_fails_with_nothing_changed(tmp_path, confirm):
+    run = Runner(tmp_path)
+    rows = insert_users(1)
+    volume = docker("volume", "inspect", "--format", "{{.CreatedAt}}", VOLUME)
+    container = container_id(CONTAINER)
+    result = run("playbooks/rollback.yml", "rollback_scope=reset", *confirm)
+    assert result.rc != 0 and "-e rollback_confirm=%s" % DB in result.text and "Nothing was changed." in result.text
+    assert container_id(CONTAINER) == container
+    assert docker("volume", "inspect", "--format", "{{.CreatedAt}}", VOLUME) == volume
+    assert users_like(rows[0].split("rollback-test-")[1][:8]) == rows
+    assert not run.backups.exists() or dumps(run.backups) == []
+
+
+@pytest.fixture(scope="module")
+def reset(tmp_path_factory):
+    """Rows inserted, then one confirmed reset; the data found is restored at the end."""
+    tmp_path = tmp_path_factory.mktemp("reset")
+    run = Runner(tmp_path)
+    rows = insert_users(5)
+    found = {"rows": rows, "marker": rows[0].split("rollback-test-")[1][:8],
+             "volume": docker("volume", "inspect", "--format", "{{.CreatedAt}}", VOLUME),
+             "container": container_id(CONTAINER)}
+    result = run("playbooks/rollback.yml", "rollback_scope=reset", "rollback_confirm=" + DB)
+    found.update(run=run, result=result, after={
+        "applied": applied(), "users": sql("SELECT count(*) FROM users"),
+        "volume": docker("volume", "inspect", "--format", "{{.CreatedAt}}", VOLUME),
+        "container": container_id(CONTAINER)})
+    yield found
+    if dumps(run.backups) and sql("SELECT count(*) FROM users") == ["0"]:
+        run("playbooks/restore.yml", "rollback_confirm=" + DB, "restore_backup=" + dumps(run.backups)[0])
+
+
+def test_reset_with_confirmation_leaves_a_fresh_bootstrapped_migrated_healthy_database(reset):
+    result, after = reset["result"], reset["after"]
+    assert result.rc == 0
+    assert after["volume"] != reset["volume"] and after["container"] != reset["container"]
+    assert after["users"] == ["0"] and after["applied"] == [INITIAL]
+    assert sql("SELECT extname FROM pg_extension ORDER BY 1") == ["pg_stat_statements", "pg_trgm", "pgcrypto",
+                                                                   "plpgsql", "uuid-ossp"]
+    assert sql("SELECT rolname FROM pg_roles WHERE rolname LIKE 'social_selling_%' ORDER BY 1") == [
+        "social_selling_owner", "social_selling_user"]
+    assert '{"status": "ok", "database": "up"}' in result.output
+    assert not (reset["run"].backups / "rollback-in-progress.json").exists()
+
+
+def test_reset_writes_a_verified_backup_before_removing_anything(reset):
+    [name] = dumps(reset["run"].backups)
+    assert name.endswith("-pre-reset.dump") and checksum_matches(reset["run"].backups / name)
+    text = reset["result"].text
+    assert text.index("Backup written: ") < text.index("Stop and remove the container")
+
+
+def test_backup_is_private_complete_and_matches_its_checksum_file(reset):
+    backups = reset["run"].backups
+    [name] = [n for n in dumps(backups) if n.endswith("-pre-reset.dump")]
+    dump = backups / name
+    assert stat.S_IMODE(backups.stat().st_mode) == 0o700
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+    assert stat.S_IMODE((backups / (name + ".sha256")).stat().st_mode) == 0o600
+    assert checksum_matches(dump)
+    listing = subprocess.run(["docker", "exec", "-i", CONTAINER, "pg_restore", "--list"], stdin=dump.open("rb"),
+                             capture_output=True, check=True).stdout.decode()
+    assert "TABLE DATA public users" in listing and "TABLE DATA public pgmigrations" in listing
+    assert not list(backups.glob("*.partial"))
+
+
+def test_restore_of_the_reset_backup_brings_back_exactly_the_rows_inserted_before(reset):
+    run = reset["run"]
+    [name] = dumps(run.backups)
+    result = run("playbooks/restore.yml", "rollback_confirm=" + DB, "restore_backup=" + name)
+    assert result.rc == 0
+    assert users_like(reset["marker"]) == reset["rows"]
+    assert applied() == [INITIAL]
+    users = int(sql("SELECT count(*) FROM users")[0])
+    assert "users: %d" % users in result.output and "pgmigrations: 1" in result.output
+    assert any(n.endswith("-pre-restore.dump") for n in dumps(run.backups))
+
+
+def test_container_killed_during_a_migration_rollback_the_rerun_finishes_and_nothing_is_lost(
+        tmp_path, scratch_migrations):
+    run = Runner(tmp_path, scratch_migrations)
+    rows = insert_users(2)
+    sql("INSERT INTO widgets (label) VALUES ('kept in the backup'), ('and this one')")
+    proc = run.background("playbooks/rollback.yml", "rollback_to=" + INITIAL,
+                          env={"PGOPTIONS": "-c rollback_test.sleep=600"})
+    try:
+        deadline = time.monotonic() + 180
+        while sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(coalesce%' "
+                  "AND state = 'active' AND pid <> pg_backend_pid()") != ["1"]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the rollback never reached the slow down section")
+            time.sleep(0.5)
+        docker("kill", CONTAINER)
+    finally:
+        output = proc.communicate(timeout=300)[0]
+    print(output)
+    assert proc.returncode != 0
+    record = json.loads((run.backups / "rollback-in-progress.json").read_text())
+    assert record["target"] == INITIAL and record["scope"] == "migrations"
+
+    result = run("playbooks/rollback.yml")
+    assert result.rc == 0 and "Resuming the migrations rollback" in result.text
+    assert applied() == [INITIAL]
+    assert "Rolled back (newest first): %s, %s." % (GADGETS, WIDGETS) in result.text
+    assert not (run.backups / "rollback-in-progress.json").exists()
+    assert users_like(rows[0].split("rollback-test-")[1][:8]) == rows
+    # The backup taken before the kill is the only one, intact, and restores.
+    backup = pathlib.Path(record["backup"])
+    assert dumps(run.backups) == [backup.name] and checksum_matches(backup)
+    scratch = "rollback_test_" + uuid.uuid4().hex[:8]
+    sql('CREATE DATABASE "%s"' % scratch, db="postgres")
+    try:
+        subprocess.run(["docker", "exec", "-i", CONTAINER, "pg_restore", "--exit-on-error", "-U", "postgres",
+                        "-d", scratch], stdin=backup.open("rb"), capture_output=True, check=True)
+        assert sql("SELECT label FROM widgets ORDER BY id", db=scratch) == ["kept in the backup", "and this one"]
+    finally:
+        sql('DROP DATABASE "%s" WITH (FORCE)' % scratch, db="postgres")
+
+
+def test_reset_interrupted_after_the_volume_is_gone_finishes_on_rerun_and_its_backup_restores(tmp_path):
+    run = Runner(tmp_path)
+    rows = insert_users(2)
+    # An impossible password rule makes the bootstrap fail after the volume is removed.
+    failed = run("playbooks/rollback.yml", "rollback_scope=reset", "rollback_confirm=" + DB,
+                 "postgres_bootstrap_password_min_length=999")
+    assert failed.rc != 0
+    record = json.loads((run.backups / "rollback-in-progress.json").read_text())
+    assert record["phase"] == "volume_removed"
+
+    result = run("playbooks/rollback.yml", "rollback_scope=reset", "rollback_confirm=" + DB)
+    assert result.rc == 0 and "Resuming the reset rollback" in result.text
+    assert applied() == [INITIAL] and sql("SELECT count(*) FROM users") == ["0"]
+    assert not (run.backups / "rollback-in-progress.json").exists()
+    assert dumps(run.backups) == [pathlib.Path(record["backup"]).name]
+
+    restored = run("playbooks/restore.yml", "rollback_confirm=" + DB, "restore_backup=" + record["backup"])
+    assert restored.rc == 0
+    assert users_like(rows[0].split("rollback-test-")[1][:8]) == rows
