@@ -6,11 +6,12 @@ The production tests converge the shared container with app_env=production
 import json
 import os
 import subprocess
+import uuid
 
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, run_playbook
+from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, query, run_playbook
 
 CONFIG_ROOT = "/etc/social-selling-postgres"
 CA_FILE = CONFIG_ROOT + "/ca.crt"
@@ -99,6 +100,44 @@ def test_bad_tls_files_fail_before_any_change(other_ca_pair, files, message):
     assert container_id() == before
 
 
+# Backups: encrypted with age before they reach the disk.
+
+@pytest.fixture
+def marked_user(app_params):
+    marker = "encryption-probe-" + uuid.uuid4().hex
+    query(app_params, "INSERT INTO users (email, password_hash, name) VALUES (%s, 'x', %s)",
+          (marker + "@example.test", marker))
+    yield marker
+    query(app_params, "DELETE FROM users WHERE name = %s", (marker,))
+
+
+def test_a_backup_holds_no_plain_row_and_restores_it(tmp_path, app_params, marked_user):
+    folder = tmp_path / "backups"
+    run = run_playbook("playbooks/backup.yml", "-e", f"postgres_backup_dir={folder}")
+    assert run.rc == 0 and "encrypted with age" in run.output, run
+    [dump] = folder.glob("social_selling-*.dump")
+    content = dump.read_bytes()
+    assert content.startswith(b"age-encryption.org/v1\n")
+    assert marked_user.encode() not in content
+    query(app_params, "DELETE FROM users WHERE name = %s", (marked_user,))
+    restored = run_playbook("playbooks/restore.yml", "-e", f"postgres_backup_dir={folder}",
+                            "-e", f"restore_backup={dump.name}", "-e", "rollback_confirm=social_selling")
+    assert restored.rc == 0, restored
+    assert query(app_params, "SELECT email FROM users WHERE name = %s", (marked_user,)) == [
+        (marked_user + "@example.test",)]
+
+
+def test_a_missing_backup_key_fails_before_any_change(tmp_path):
+    folder = tmp_path / "backups"
+    folder.mkdir(mode=0o700)
+    run = run_playbook("playbooks/backup.yml", "-e", json.dumps({
+        "postgres_backup_dir": str(folder), "postgres_backup_generate_identity": False,
+        "postgres_backup_identity_file": str(tmp_path / "no-such-identity")}))
+    assert run.rc != 0 and "there is no age identity" in run.output, run
+    assert run.changed == 0, run
+    assert list(folder.iterdir()) == []
+
+
 # Production: TLS required. These come last: the module-scoped fixture keeps
 # production in force until the module ends.
 
@@ -158,3 +197,4 @@ def test_server_key_belongs_to_the_server_user_only(production):
     owner = subprocess.run(["docker", "exec", CONTAINER, "stat", "-c", "%U %a",
                             "/etc/social-selling-postgres/server.key"], capture_output=True, text=True, check=True)
     assert owner.stdout.split() == ["postgres", "600"]
+

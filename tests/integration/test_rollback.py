@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -100,6 +101,16 @@ def delete_test_users():
 
 def dumps(folder):
     return sorted(p.name for p in folder.glob(DB + "-*.dump"))
+
+
+def decrypted(dump):
+    """The plain pg_dump archive inside an encrypted backup (the project's age identity)."""
+    identity = os.environ.get("POSTGRES_BACKUP_IDENTITY") or (ROOT / ".secrets" / "backup_age_identity").read_text()
+    with tempfile.NamedTemporaryFile("w") as key:
+        key.write(identity)
+        key.flush()
+        return subprocess.run(["age", "--decrypt", "--identity", key.name, str(dump)],
+                              capture_output=True, check=True).stdout
 
 
 def checksum_matches(dump):
@@ -296,7 +307,8 @@ def test_backup_is_private_complete_and_matches_its_checksum_file(reset):
     assert stat.S_IMODE(dump.stat().st_mode) == 0o600
     assert stat.S_IMODE((backups / (name + ".sha256")).stat().st_mode) == 0o600
     assert checksum_matches(dump)
-    listing = subprocess.run(["docker", "exec", "-i", CONTAINER, "pg_restore", "--list"], stdin=dump.open("rb"),
+    assert dump.read_bytes().startswith(b"age-encryption.org/v1\n")
+    listing = subprocess.run(["docker", "exec", "-i", CONTAINER, "pg_restore", "--list"], input=decrypted(dump),
                              capture_output=True, check=True).stdout.decode()
     assert "TABLE DATA public users" in listing and "TABLE DATA public pgmigrations" in listing
     assert not list(backups.glob("*.partial"))
@@ -349,7 +361,7 @@ def test_container_killed_during_a_migration_rollback_the_rerun_finishes_and_not
     sql('CREATE DATABASE "%s"' % scratch, db="postgres")
     try:
         subprocess.run(["docker", "exec", "-i", CONTAINER, "pg_restore", "--exit-on-error", "-U", "postgres",
-                        "-d", scratch], stdin=backup.open("rb"), capture_output=True, check=True)
+                        "-d", scratch], input=decrypted(backup), capture_output=True, check=True)
         assert sql("SELECT label FROM widgets ORDER BY id", db=scratch) == ["kept in the backup", "and this one"]
     finally:
         sql('DROP DATABASE "%s" WITH (FORCE)' % scratch, db="postgres")
