@@ -885,6 +885,9 @@ class Runner:
                     pass
         line = migration.line_of(error_offset)
         pgmessage = diag.message_primary or str(exc).strip()
+        if self.conn.closed or isinstance(exc, psycopg2.OperationalError) and not diag.sqlstate:
+            # The server went away (stopped, killed): its last words are no diagnosis.
+            pgmessage = "the connection to the server was lost (%s)" % (str(exc).strip() or "closed")
         detail = "".join(
             "\n%s: %s" % (label, text) for label, text in
             (("DETAIL", diag.message_detail), ("HINT", diag.message_hint),
