@@ -113,21 +113,26 @@ class PlaybookRun:
 
 
 def run_playbook(*args, env=None, timeout=900):
-    """Run ansible-playbook from the repository root with the project's ansible.cfg.
+    """Run ansible-playbook from the repository root, as `ansible-playbook site.yml` runs for a user."""
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), *args],
+        cwd=ROOT, env=playbook_env(env), capture_output=True, text=True, timeout=timeout, check=False)
+    return PlaybookRun(proc)
 
-    Molecule's own ANSIBLE_* settings are dropped so the run is the one a
-    user gets from `ansible-playbook site.yml`.
+
+def playbook_env(extra=None):
+    """The environment of an ansible-playbook run as a user starts it from the repository root.
+
+    Molecule's verifier exports its own ANSIBLE_* settings (its ansible.cfg,
+    inventory and paths): they are dropped, so the project's ansible.cfg applies.
     """
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("ANSIBLE_", "MOLECULE_")) and k != "DB_SECRETS_DIR"}
     clean["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     clean["ANSIBLE_NOCOLOR"] = "1"
     clean["PATH"] = os.path.dirname(sys.executable) + os.pathsep + clean.get("PATH", "")
-    clean.update(env or {})
-    proc = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), *args],
-        cwd=ROOT, env=clean, capture_output=True, text=True, timeout=timeout, check=False)
-    return PlaybookRun(proc)
+    clean.update(extra or {})
+    return clean
 
 
 def docker(*args, check=True):

@@ -8,7 +8,6 @@ module's core in-process and time it with the wall clock, so Ansible's own
 start-up (about a second) is not counted against the connect timeout.
 """
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 import pg_health_core as core
+from conftest import playbook_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -53,7 +53,7 @@ def run_module(params, tmp_path, check=False, **options):
            "-e", "@%s" % vars_file]
     if check:
         cmd.append("--check")
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    env = playbook_env({"ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"})
     proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True,
                           timeout=120)
     try:
@@ -71,12 +71,7 @@ def run_playbook(params, *extra_args, **extra_vars):
                      db_app_user=params["user"])
     variables.update(extra_vars)
     # The inventory takes the app password from POSTGRES_PASSWORD.
-    # Molecule's verifier exports its own ANSIBLE_* settings: drop them so the
-    # run uses the project's ansible.cfg and inventory, as a user's would.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANSIBLE_", "MOLECULE_")) and k != "DB_SECRETS_DIR"}
-    env.update(POSTGRES_PASSWORD=params["password"], ANSIBLE_NOCOLOR="1",
-               ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    env = playbook_env({"POSTGRES_PASSWORD": params["password"]})
     cmd = [str(BIN / "ansible-playbook"), "playbooks/health.yml", "-e", json.dumps(variables)]
     cmd.extend(extra_args)
     proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True,

@@ -12,6 +12,7 @@ import sys
 
 import psycopg2
 import pytest
+from conftest import playbook_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -49,7 +50,8 @@ def playbook(scratch_db, folder, tmp_path):
         command = [str(BIN / "ansible-playbook"), "playbooks/migrate.yml", "-e", "@" + str(overrides)]
         for item in extra:
             command += [item] if item.startswith("-") else ["-e", item]
-        completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        completed = subprocess.run(command, cwd=ROOT, env=playbook_env(), capture_output=True, text=True,
+                                   timeout=300)
         output = completed.stdout + completed.stderr
         if check and completed.returncode != 0:
             print(output)  # shown by pytest on failure

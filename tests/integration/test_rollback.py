@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, container_id, docker, run_playbook
+from conftest import ROOT, container_id, docker, playbook_env, run_playbook
 
 EXTRA = json.loads(pathlib.Path(os.environ["ROLLBACK_TEST_VARS"]).read_text()) \
     if os.environ.get("ROLLBACK_TEST_VARS") else {}
@@ -143,13 +143,9 @@ class Runner:
 
     def background(self, playbook, *extra, env):
         """Like run_playbook, but returns the running process."""
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("ANSIBLE_", "MOLECULE_")) and k != "DB_SECRETS_DIR"}
-        clean.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", **env)
-        clean["PATH"] = os.path.dirname(sys.executable) + os.pathsep + clean.get("PATH", "")
         return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
                                  *self.args(playbook, *extra)],
-                                cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                cwd=ROOT, env=playbook_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import playbook_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -45,7 +46,7 @@ def migrate(action):
     """`npm run migrate:<action>` -> our playbook with the public interface."""
     completed = subprocess.run([str(BIN / "ansible-playbook"), "playbooks/migrate.yml",
                                 "-e", "migrate_action=" + action],
-                               cwd=ROOT, capture_output=True, text=True, timeout=600)
+                               cwd=ROOT, env=playbook_env(), capture_output=True, text=True, timeout=600)
     if completed.returncode != 0:
         print(completed.stdout, completed.stderr)  # shown by pytest on failure
     return completed
