@@ -175,3 +175,12 @@ def query(params, sql, args=None):
             return cur.fetchall() if cur.description else None
     finally:
         conn.close()
+
+
+def migrations_folder(tmp_path, files):
+    """A migrations folder holding these files ({name: text}; `.sql` added when missing)."""
+    path = tmp_path / "migrations"
+    path.mkdir()
+    for name, text in files.items():
+        (path / (name if name.endswith(".sql") else name + ".sql")).write_text(text)
+    return path

@@ -14,7 +14,7 @@ import pytest
 
 import pg_migrate_core as core
 from pg_migrate_core import MigrationError, MigrationFailed
-from conftest import query
+from conftest import query, migrations_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -34,11 +34,7 @@ FILES = {
 @pytest.fixture
 def folder(tmp_path):
     """A migrations folder with three reversible migrations."""
-    path = tmp_path / "migrations"
-    path.mkdir()
-    for name, text in FILES.items():
-        (path / (name + ".sql")).write_text(text)
-    return path
+    return migrations_folder(tmp_path, FILES)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sys
 
 import psycopg2
 import pytest
-from conftest import playbook_env
+from conftest import playbook_env, migrations_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -26,11 +26,7 @@ FILES = {
 
 @pytest.fixture
 def folder(tmp_path):
-    path = tmp_path / "migrations"
-    path.mkdir()
-    for name, text in FILES.items():
-        (path / name).write_text(text)
-    return path
+    return migrations_folder(tmp_path, FILES)
 
 
 @pytest.fixture

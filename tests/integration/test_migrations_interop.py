@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 import pg_migrate_core as core
-from conftest import query
+from conftest import query, migrations_folder
 
 NODE_DIR = pathlib.Path(__file__).resolve().parent / "node"
 CLIS = {
@@ -62,11 +62,7 @@ def node_pg_migrate(request, node_modules, scratch_db, folder):
 
 @pytest.fixture
 def folder(tmp_path):
-    path = tmp_path / "migrations"
-    path.mkdir()
-    for name, text in FILES.items():
-        (path / (name + ".sql")).write_text(text)
-    return path
+    return migrations_folder(tmp_path, FILES)
 
 
 @pytest.fixture
