@@ -12,6 +12,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -141,6 +142,20 @@ def docker(*args, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr}")
     return proc.stdout
+
+
+def docker_exec(container, *argv, env=None, stdin=None, check=False, timeout=120):
+    """`docker exec` with environment values (passwords) passed in a 0600 file, never on its command line."""
+    with tempfile.NamedTemporaryFile("w", prefix="docker-exec-env-", delete=True) as env_file:
+        os.chmod(env_file.name, 0o600)
+        env_file.write("".join(f"{key}={value}\n" for key, value in (env or {}).items()))
+        env_file.flush()
+        proc = subprocess.run(
+            ["docker", "exec", "--env-file", env_file.name, *(["-i"] if stdin is not None else []), container, *argv],
+            input=stdin, capture_output=True, text=True, check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker exec {container} {argv[0]} failed ({proc.returncode}): {proc.stderr}")
+    return proc
 
 
 def container_id(name=CONTAINER):

@@ -11,7 +11,7 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, query, run_playbook
+from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, docker_exec, query, run_playbook
 
 CONFIG_ROOT = "/etc/social-selling-postgres"
 CA_FILE = CONFIG_ROOT + "/ca.crt"
@@ -38,9 +38,8 @@ def _connect(params, **extra):
 def test_an_address_not_in_pg_hba_is_refused(app_params):
     # Inside the container, 127.0.0.1 is not a client network: only the Docker
     # network (where the host's published port comes from) is.
-    proc = subprocess.run(["docker", "exec", "-e", f"PGPASSWORD={app_params['password']}", CONTAINER,
-                           "psql", "-h", "127.0.0.1", "-U", APP_ROLE, "-d", DB_NAME, "-c", "SELECT 1"],
-                          capture_output=True, text=True, check=False)
+    proc = docker_exec(CONTAINER, "psql", "-h", "127.0.0.1", "-U", APP_ROLE, "-d", DB_NAME, "-c", "SELECT 1",
+                       env={"PGPASSWORD": app_params["password"]})
     assert proc.returncode != 0 and "pg_hba.conf rejects connection" in proc.stderr, proc.stderr
 
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import CONTAINER, docker
+from conftest import CONTAINER, docker, docker_exec
 
 PASSWORD = "contract-test-" + uuid.uuid4().hex
 
@@ -54,14 +54,13 @@ def _wait_ready(name, timeout=90):
 
 
 def _exec_rc(name, *argv, env=None):
-    extra = [item for key, value in (env or {}).items() for item in ("-e", f"{key}={value}")]
-    return subprocess.run(["docker", "exec", *extra, name, *argv], capture_output=True, check=False).returncode
+    return docker_exec(name, *argv, env=env).returncode
 
 
 def _psql_tcp(name, user, password, db, sql):
     """Run SQL over TCP inside the container, authenticating with the password."""
-    return docker("exec", "-e", f"PGPASSWORD={password}", name,
-                  "psql", "-h", "127.0.0.1", "-U", user, "-d", db, "-Atc", sql)
+    return docker_exec(name, "psql", "-h", "127.0.0.1", "-U", user, "-d", db, "-Atc", sql,
+                       env={"PGPASSWORD": password}, check=True).stdout
 
 
 def _wait_exit(name, timeout=60):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import playbook_env
+from conftest import docker_exec, playbook_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -61,11 +61,8 @@ def psql():
         password = secret.read_text().strip()
 
     def run(sql, user="social_selling_user"):
-        env = ["-e", "PGPASSWORD=" + password] if password else []
-        completed = subprocess.run(
-            ["docker", "exec", *env, CONTAINER, "psql", "-U", user, "-d", "social_selling",
-             "-v", "ON_ERROR_STOP=1", "-c", sql],
-            capture_output=True, text=True, timeout=60)
+        completed = docker_exec(CONTAINER, "psql", "-U", user, "-d", "social_selling", "-v", "ON_ERROR_STOP=1",
+                                "-c", sql, env={"PGPASSWORD": password} if password else None, timeout=60)
         if completed.returncode != 0:
             print(completed.stdout, completed.stderr)
         return completed
