@@ -157,6 +157,21 @@ def provisioned_at_the_end():
     delete_test_users()
 
 
+# pgbench's tables at this scale make the database about 113 MB: every backup,
+# restore, rollback and reset here handles a database of realistic size.
+PGBENCH_SCALE = 7
+PGBENCH_ROWS = str(PGBENCH_SCALE * 100000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def realistic_size(provisioned_at_the_end):
+    docker("exec", CONTAINER, "pgbench", "-U", "postgres", "-i", "-q", "-s", str(PGBENCH_SCALE), DB)
+    size = int(sql("SELECT pg_database_size(current_database())")[0])
+    assert size >= 100 * 1024 * 1024, size
+    yield size
+    sql("DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers")
+
+
 @pytest.fixture
 def scratch_migrations(tmp_path):
     """migrations/ plus two later migrations, applied; rolled back again at the end."""
@@ -213,7 +228,8 @@ def test_old_backups_are_pruned_to_the_configured_count(tmp_path, scratch_migrat
         (run.backups / (name + ".sha256")).write_text("x  %s\n" % name)
     assert run("playbooks/rollback.yml", "postgres_backup_keep=2").rc == 0
     kept = dumps(run.backups)
-    assert kept[0] == old[2] and kept[1].endswith("-pre-rollback.dump") and len(kept) == 2
+    # The pre-rollback dump does not count: it stays until the operator removes it.
+    assert kept[:2] == old[1:] and kept[2].endswith("-pre-rollback.dump") and len(kept) == 3
     assert sorted(p.name for p in run.backups.glob("*.sha256")) == [name + ".sha256" for name in kept]
 
 
@@ -319,6 +335,7 @@ def test_restore_of_the_reset_backup_brings_back_exactly_the_rows_inserted_befor
     assert applied() == [INITIAL]
     users = int(sql("SELECT count(*) FROM users")[0])
     assert "users: %d" % users in result.output and "pgmigrations: 1" in result.output
+    assert sql("SELECT count(*) FROM pgbench_accounts") == [PGBENCH_ROWS]
     assert any(n.endswith("-pre-restore.dump") for n in dumps(run.backups))
 
 
@@ -350,9 +367,11 @@ def test_container_killed_during_a_migration_rollback_the_rerun_finishes_and_not
     assert "Rolled back (newest first): %s, %s." % (GADGETS, WIDGETS) in result.text
     assert not (run.backups / "rollback-in-progress.json").exists()
     assert users_like(rows[0].split("rollback-test-")[1][:8]) == rows
-    # The backup taken before the kill is the only one, intact, and restores.
+    # The backup taken before the kill is intact and restores; the resume took a fresh one first.
     backup = pathlib.Path(record["backup"])
-    assert dumps(run.backups) == [backup.name] and checksum_matches(backup)
+    assert checksum_matches(backup)
+    [fresh] = [name for name in dumps(run.backups) if name != backup.name]
+    assert fresh.endswith("-pre-rollback.dump") and fresh in result.text
     scratch = "rollback_test_" + uuid.uuid4().hex[:8]
     sql('CREATE DATABASE "%s"' % scratch, db="postgres")
     try:
@@ -382,3 +401,96 @@ def test_reset_interrupted_after_the_volume_is_gone_finishes_on_rerun_and_its_ba
     restored = run("playbooks/restore.yml", "rollback_confirm=" + DB, "restore_backup=" + record["backup"])
     assert restored.rc == 0
     assert users_like(rows[0].split("rollback-test-")[1][:8]) == rows
+
+
+def test_a_stale_migration_rollback_record_is_refused_and_nothing_changes(tmp_path, scratch_migrations):
+    run = Runner(tmp_path, scratch_migrations)
+    # A rollback whose down section fails leaves its record behind.
+    failed = run("playbooks/rollback.yml", env={"PGOPTIONS": "-c rollback_test.sleep=not-a-number"})
+    assert failed.rc != 0 and (run.backups / "rollback-in-progress.json").exists()
+    # Then the migration is rolled back and applied again by hand (as `make up`
+    # would after any interruption), and the application writes rows.
+    assert run("playbooks/migrate.yml", "migrate_action=down").rc == 0
+    assert run("playbooks/migrate.yml").rc == 0
+    rows = insert_users(2)
+    before, backups = applied(), dumps(run.backups)
+    stale = run("playbooks/rollback.yml")
+    assert stale.rc != 0 and "was made for another state of %s" % DB in stale.text, stale
+    assert "rm %s" % (run.backups / "rollback-in-progress.json") in stale.text
+    assert "Nothing was changed." in stale.text
+    assert applied() == before and dumps(run.backups) == backups
+    assert users_like(rows[0].split("rollback-test-")[1][:8]) == rows
+    (run.backups / "rollback-in-progress.json").unlink()
+
+
+@pytest.mark.parametrize("fingerprint", [
+    {"system_identifier": "1", "migration_rows": []},
+    None,
+], ids=["other-server", "no-fingerprint"])
+def test_a_stale_reset_record_is_refused_and_nothing_is_removed(tmp_path, fingerprint):
+    run = Runner(tmp_path)
+    run.backups.mkdir(mode=0o700)
+    record = {"scope": "reset", "database": DB, "container": CONTAINER, "volume": VOLUME,
+              "backup": str(run.backups / ("%s-20200101T000000Z-pre-reset.dump" % DB)),
+              "started": "2020-01-01T00:00:00Z", "phase": "backup_verified"}
+    if fingerprint is not None:
+        record["fingerprint"] = fingerprint
+    (run.backups / "rollback-in-progress.json").write_text(json.dumps(record))
+    container = container_id(CONTAINER)
+    result = run("playbooks/rollback.yml", "rollback_scope=reset", "rollback_confirm=" + DB)
+    assert result.rc != 0 and "was made for another state of %s" % DB in result.text, result
+    assert container_id(CONTAINER) == container and dumps(run.backups) == []
+
+
+def test_dumps_taken_before_a_destructive_action_are_never_pruned(tmp_path):
+    run = Runner(tmp_path)
+    assert run("playbooks/backup.yml", "postgres_backup_reason=pre-reset").rc == 0
+    [pre_reset] = dumps(run.backups)
+    for _ in range(3):
+        time.sleep(1.1)  # dump names carry the second
+        assert run("playbooks/backup.yml", "postgres_backup_keep=1").rc == 0
+    kept = dumps(run.backups)
+    assert pre_reset in kept and len(kept) == 2, kept
+
+
+def test_restore_leaves_exactly_what_the_dump_holds_and_its_rerun_restores_the_same_dump(tmp_path):
+    run = Runner(tmp_path)
+    assert run("playbooks/backup.yml").rc == 0
+    [dump] = dumps(run.backups)
+    # Objects and rows the dump does not hold: a table a later migration made, a schema, a row.
+    sql("CREATE TABLE made_after_the_dump (id int); CREATE SCHEMA made_after_too; "
+        "INSERT INTO pgbench_branches (bid, bbalance) VALUES (999999, 0)")
+    first = run("playbooks/restore.yml", "rollback_confirm=" + DB)
+    assert first.rc == 0 and dump in first.text
+    assert sql("SELECT to_regclass('made_after_the_dump') IS NULL, "
+               "(SELECT count(*) FROM pg_namespace WHERE nspname = 'made_after_too'), "
+               "(SELECT count(*) FROM pgbench_branches WHERE bid = 999999)") == ["t|0|0"]
+    assert sql("SELECT count(*) FROM pgbench_accounts") == [PGBENCH_ROWS]
+    # The pre-restore dump is never the default: the same command restores the same dump again.
+    sql("INSERT INTO pgbench_branches (bid, bbalance) VALUES (999998, 0)")
+    second = run("playbooks/restore.yml", "rollback_confirm=" + DB)
+    assert second.rc == 0 and "Restoring" not in second.text
+    assert "Choose the named dump" in second.text and dump in second.text
+    assert sql("SELECT count(*) FROM pgbench_branches WHERE bid >= 999998") == ["0"]
+    # Afterwards site.yml finds nothing to change: the schema is as the migrations left it.
+    assert run_playbook("site.yml").changed == 0
+
+
+def test_a_failed_restore_leaves_the_database_untouched(tmp_path):
+    run = Runner(tmp_path)
+    assert run("playbooks/backup.yml").rc == 0
+    [dump] = dumps(run.backups)
+    # The role that owns some of the dump's objects is gone: the restore fails midway.
+    sql("CREATE ROLE doomed_owner; CREATE TABLE owned_by_doomed (id int); ALTER TABLE owned_by_doomed OWNER TO doomed_owner")
+    assert run("playbooks/backup.yml").rc == 0
+    doomed_dump = dumps(run.backups)[-1]
+    sql("DROP TABLE owned_by_doomed; DROP ROLE doomed_owner; CREATE TABLE kept_after_failure (id int)")
+    try:
+        failed = run("playbooks/restore.yml", "rollback_confirm=" + DB, "restore_backup=" + doomed_dump)
+        assert failed.rc != 0 and "failed and was rolled back" in failed.text, failed
+        assert "doomed_owner" in failed.text
+        assert sql("SELECT to_regclass('kept_after_failure') IS NOT NULL") == ["t"]
+        assert sql("SELECT count(*) FROM pgbench_accounts") == [PGBENCH_ROWS]
+    finally:
+        sql("DROP TABLE IF EXISTS kept_after_failure")
+    assert dump
