@@ -49,6 +49,7 @@ import hashlib
 import os
 import re
 import time
+import types
 
 try:
     import ctypes
@@ -213,6 +214,8 @@ class Migration:
         self._line_starts = None
         self._statements = {}
         self._markers = {}
+        self._transaction = None
+        self._validated = set()
 
     @property
     def reversible(self):
@@ -222,8 +225,10 @@ class Migration:
     @property
     def transaction(self):
         """False when a section holds the comment ``-- pg-migrate: no-transaction``."""
-        return not (self.has_marker("up", NO_TRANSACTION_MARKER)
-                    or self.has_marker("down", NO_TRANSACTION_MARKER))
+        if self._transaction is None:
+            self._transaction = not (self.has_marker("up", NO_TRANSACTION_MARKER)
+                                     or self.has_marker("down", NO_TRANSACTION_MARKER))
+        return self._transaction
 
     def span(self, direction):
         return self.up_span if direction == "up" else self.down_span
@@ -278,8 +283,11 @@ class Migration:
         Checks that the section can be split, and that a transactional
         migration holds no statement that begins or ends a transaction.
         """
+        if direction in self._validated:
+            return
         statements = self.statements(direction)
         if not self.transaction:
+            self._validated.add(direction)
             return
         for offset, statement in statements:
             words = transaction_control(statement)
@@ -290,6 +298,7 @@ class Migration:
                     "(or mark the file '%s' to run it outside a transaction). Nothing "
                     "was run" % (self.path, self.line_of(offset), words, direction,
                                  NO_TRANSACTION_MARKER))
+        self._validated.add(direction)
 
     def down_problem(self):
         """Why `down` must refuse this migration, or None."""
@@ -817,6 +826,7 @@ class Runner:
         self.lock_id = lock_id
         self.locked = False
         self.lost = False
+        self._tracking_templates = None
         self._table_sql = pgsql.SQL("{}.{}").format(
             pgsql.Identifier(schema), pgsql.Identifier(table))
         self._checksum_sql = pgsql.SQL("{}.{}").format(
@@ -1035,18 +1045,21 @@ class Runner:
 
     def tracking_query(self, migration, direction):
         """The tracking statement with its values quoted by psycopg2 (sql.Literal)."""
-        if direction == "up":
-            query = pgsql.SQL(
-                "WITH m AS (INSERT INTO {} (name, run_on) VALUES ({}, NOW()) RETURNING id) "
-                "INSERT INTO {} (migration_id, name, checksum) SELECT id, {}, {} FROM m"
-            ).format(self._table_sql, pgsql.Literal(migration.name), self._checksum_sql,
-                     pgsql.Literal(migration.name), pgsql.Literal(migration.checksum))
-        else:
-            query = pgsql.SQL(
-                "WITH m AS (DELETE FROM {} WHERE name = {} RETURNING id) "
-                "DELETE FROM {} c USING m WHERE c.migration_id = m.id"
-            ).format(self._table_sql, pgsql.Literal(migration.name), self._checksum_sql)
-        return query.as_string(self.conn)
+        if self._tracking_templates is None:
+            tables = {"table": self._table_sql.as_string(self.conn),
+                      "checksums": self._checksum_sql.as_string(self.conn)}
+            self._tracking_templates = {
+                # NUL cannot occur in an identifier: safe placeholders for the values
+                "up": ("WITH m AS (INSERT INTO %(table)s (name, run_on) VALUES (\0N\0, NOW()) "
+                       "RETURNING id) INSERT INTO %(checksums)s (migration_id, name, checksum) "
+                       "SELECT id, \0N\0, \0C\0 FROM m" % tables),
+                "down": ("WITH m AS (DELETE FROM %(table)s WHERE name = \0N\0 RETURNING id) "
+                         "DELETE FROM %(checksums)s c USING m WHERE c.migration_id = m.id"
+                         % tables),
+            }
+        return self._tracking_templates[direction].replace(
+            "\0N\0", pgsql.Literal(migration.name).as_string(self.conn)).replace(
+            "\0C\0", pgsql.Literal(migration.checksum).as_string(self.conn))
 
     def _send(self, text):
         """Run text (one or more statements) as one simple query.
@@ -1239,7 +1252,10 @@ def _load_libpq():
         return None
     try:
         from psycopg2 import _psycopg
+        # Calls that may wait for the server release the GIL (CDLL); the
+        # others only read memory and keep it (PyDLL: no release overhead).
         lib = ctypes.CDLL(_psycopg.__file__)
+        fast = ctypes.PyDLL(_psycopg.__file__)
         pointer, text, integer = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
         signatures = {
             "PQsendQuery": ([pointer, text], integer),
@@ -1254,11 +1270,14 @@ def _load_libpq():
             "PQgetCopyData": ([pointer, ctypes.POINTER(pointer), integer], integer),
             "PQfreemem": ([pointer], None),
         }
+        blocking = ("PQsendQuery", "PQgetResult", "PQputCopyEnd", "PQgetCopyData")
+        functions = types.SimpleNamespace()
         for name, (argtypes, restype) in signatures.items():
-            function = getattr(lib, name)
+            function = getattr(lib if name in blocking else fast, name)
             function.argtypes = argtypes
             function.restype = restype
-        return lib
+            setattr(functions, name, function)
+        return functions
     except (ImportError, OSError, AttributeError):
         return None
 
