@@ -29,10 +29,42 @@ Compatibility with node-pg-migrate (read from its source, v6.2.2 to v9.0.0):
 
 Added here, beyond node-pg-migrate:
 
-* each migration in its own transaction with its tracking row; the file
-  marker ``-- pg-migrate: no-transaction`` runs one migration outside a
-  transaction (for ``CREATE INDEX CONCURRENTLY``);
-* statements run one by one, so a failure names the file and the line;
+* each migration in its own transaction with its tracking row, sent as ONE
+  simple query (``BEGIN; <the section as written>; <tracking row>; COMMIT``:
+  one round trip, the server splits the statements, as node-pg-migrate's
+  ``pgm.sql(section)`` does). A failure names the file and the line: from
+  the error's position when PostgreSQL gives one, else from the number of
+  statements that completed before it (libpq returns one result per
+  statement; read through psycopg2's ``pgconn_ptr``), never by running
+  anything again; without libpq access, a positionless error in a
+  multi-statement section names the section's first line and says so;
+* the file marker ``-- pg-migrate: no-transaction`` (a ``--`` comment on a
+  line of its own, in either section, any line ending) runs one migration
+  outside a transaction, statement by statement (for ``CREATE INDEX
+  CONCURRENTLY``, which a multi-statement string would wrap in an implicit
+  transaction);
+* SQL is read with PostgreSQL's own scanner (libpg_query, through pglast),
+  never a hand-written lexer: the sections are cut exactly as node-pg-migrate
+  cuts them (the marker regexes below), then the scanner splits each planned
+  section into statements. Before anything runs, every planned section is
+  checked: an unterminated ``/*`` comment, quoted string, quoted identifier
+  or dollar quote, and, in a transactional migration, a statement that
+  begins or ends a transaction (``BEGIN``, ``START TRANSACTION``, ``COMMIT``,
+  ``END``, ``ROLLBACK``, ``ABORT``, ``PREPARE TRANSACTION``, ``COMMIT`` /
+  ``ROLLBACK PREPARED``; ``SAVEPOINT``, ``RELEASE`` and ``ROLLBACK TO`` are
+  fine) are errors naming the file and line. Lines end with LF, CRLF or CR;
+* ``down`` refuses (naming the file, before anything runs) a migration whose
+  down section holds no statement, as node-pg-migrate refuses a migration it
+  cannot reverse; a down section that is meant to do nothing says so with
+  the comment line ``-- pg-migrate: down-noop`` (then only the tracking row
+  is deleted);
+* the tracking tables are written by their owner only: whenever it runs
+  ``up``/``down``/``redo`` the engine revokes INSERT, UPDATE, DELETE,
+  TRUNCATE, REFERENCES and TRIGGER on both tables (and USAGE, UPDATE on the
+  id sequence) from PUBLIC and every other role, which default privileges
+  (ALTER DEFAULT PRIVILEGES FOR ROLE <owner>) would otherwise hand to the
+  application role; SELECT stays; nothing is issued when nothing is to
+  revoke;
 * ``lock_timeout`` and ``statement_timeout`` for the migrating session;
 * SHA-256 checksums of applied files in the side table
   ``public.pgmigrations_checksums`` (keyed by the ``pgmigrations.id`` they
