@@ -13,7 +13,8 @@ other, then times our `status` with COUNT applied. Both tools run as a fresh
 process (interpreter start-up included on both sides), on the same server, in
 the same run. Prints both times and the ratio; exits 1 when a target is missed:
 on the trivial workload our up at most half of node-pg-migrate's, and status
-under one second on both.
+under one second on all. --workload seed (one migration of 100 x COUNT
+INSERTs) is reported only.
 
 Server and credentials as the tests take them: PGTEST_HOST (127.0.0.1),
 PGTEST_PORT (5432), PGTEST_ADMIN_USER (postgres), POSTGRES_ADMIN_PASSWORD or
@@ -59,11 +60,28 @@ def server_params():
 WORKLOADS = {
     "trivial": ("SELECT %(i)d AS bench_%(i)04d;", "SELECT %(i)d AS bench_%(i)04d;"),
     "ddl": ("CREATE TABLE bench_%(i)04d (id integer);", "DROP TABLE bench_%(i)04d;"),
+    # One seed-data migration: a CREATE TABLE and 100 x COUNT single-row
+    # INSERTs (50,000 and 4.9 MB for the default 500): the engine's cost per
+    # statement, which one round trip per migration keeps off the network.
+    "seed": ("INSERT INTO seed_rows (id, name, note) VALUES "
+             "(%(i)d, 'name %(i)05d', 'some padding text for the');", "DROP TABLE seed_rows;"),
 }
+
+
+def migrations_of(workload, count):
+    """How many migration files a workload of COUNT makes."""
+    return 1 if workload == "seed" else count
 
 
 def generate(folder, count, workload):
     up, down = WORKLOADS[workload]
+    if workload == "seed":
+        lines = ["-- Up Migration",
+                 "CREATE TABLE seed_rows (id integer PRIMARY KEY, name text NOT NULL, note text);"]
+        lines.extend(up % {"i": index} for index in range(count * 100))
+        lines.append("\n-- Down Migration\n%s\n" % down)
+        (folder / "1700000000000_seed.sql").write_text("\n".join(lines))
+        return
     for index in range(count):
         prefix = 1700000000000 + index * 1000
         values = {"i": index}
@@ -147,7 +165,8 @@ def main():
     parser.add_argument("--count", type=int, default=500, help="migrations to generate")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the median is reported")
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
-                        help="trivial (the target) and ddl by default")
+                        help="trivial (the target) and ddl by default; seed: one migration "
+                             "of 100 x COUNT INSERTs")
     args = parser.parse_args()
     args.workload = args.workload or ["trivial", "ddl"]
 
@@ -161,19 +180,25 @@ def main():
         folder = pathlib.Path(tempfile.mkdtemp(prefix="bench-migrations-"))
         try:
             generate(folder, args.count, workload)
-            rounds = [one_round(params, folder, args.count) for _ in range(args.repeat)]
+            size = sum(path.stat().st_size for path in folder.iterdir())
+            rounds = [one_round(params, folder, migrations_of(workload, args.count))
+                      for _ in range(args.repeat)]
         finally:
             shutil.rmtree(folder)
         ours, node, status = (statistics.median(column) for column in zip(*rounds))
         ratio = ours / node
         target = workload == "trivial"
-        print("%s (%s):" % (workload, WORKLOADS[workload][0] % {"i": 0}))
+        if workload == "seed":
+            print("seed (1 migration: CREATE TABLE + %d x %s, %.1f MB):" % (
+                args.count * 100, WORKLOADS[workload][0] % {"i": 0}, size / 1e6))
+        else:
+            print("%s (%s):" % (workload, WORKLOADS[workload][0] % {"i": 0}))
         print("  %-34s %8.3f s" % ("pg_migrate up", ours))
         print("  %-34s %8.3f s" % ("node-pg-migrate up", node))
         print("  %-34s %8.2f   %s" % ("ratio ours / node-pg-migrate", ratio,
                                       "(target <= 0.50)" if target else "(no target)"))
-        print("  %-34s %8.3f s (target < 1 s)" % ("pg_migrate status, %d applied" % args.count,
-                                                 status))
+        print("  %-34s %8.3f s (target < 1 s)" % (
+            "pg_migrate status, %d applied" % migrations_of(workload, args.count), status))
         if target and ratio > 0.5:
             missed.append("%s up ratio %.2f above 0.50" % (workload, ratio))
         if status >= 1.0:

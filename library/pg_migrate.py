@@ -26,6 +26,16 @@ description:
     A line C(-- pg-migrate: no-transaction) in a file runs that migration outside a
     transaction (needed for C(CREATE INDEX CONCURRENTLY)); node-pg-migrate cannot run such
     a file, and a failure part-way leaves the statements before it applied.
+  - >-
+    The SQL is read with PostgreSQL's own scanner (pglast). Before anything runs, the planned
+    sections are checked: an unterminated comment, quote or dollar quote, and a statement that
+    begins or ends a transaction (C(BEGIN), C(COMMIT), C(END), C(ROLLBACK), C(ABORT),
+    C(START TRANSACTION), C(PREPARE TRANSACTION), C(COMMIT PREPARED)) in a transactional
+    migration, fail naming the file and line. V(down) refuses a migration whose
+    C(-- Down Migration) section holds no statement, unless the section has the line
+    C(-- pg-migrate: down-noop).
+  - Revokes write access to the tracking tables (and the id sequence) from every role but
+    their owner, so the application role cannot rewrite migration history; SELECT stays.
   - Keeps the SHA-256 of each applied file in the side table C(public.pgmigrations_checksums)
     and reports applied files changed or deleted since (drift); C(up), C(down) and C(redo)
     stop on drift unless O(allow_drift=true). Migrations applied by node-pg-migrate have no
@@ -141,6 +151,7 @@ attributes:
     support: full
 requirements:
   - psycopg2
+  - pglast (PostgreSQL's own scanner, libpg_query, splits and checks the SQL)
 notes:
   - The module runs on the host that reaches the database (the Docker host); the migrations
     folder must be on that host.
@@ -251,6 +262,14 @@ queries:
   returned: always
   type: list
   elements: str
+revoked:
+  description:
+    - Write privileges the run took away from other roles on the tracking tables and the id
+      sequence (default privileges hand them out); empty when there was nothing to revoke.
+  returned: when action is up, down or redo, outside check mode
+  type: list
+  elements: str
+  sample: ["INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON public.pgmigrations FROM social_selling_user"]
 path:
   description: File written (or that would be written in check mode) by create.
   returned: when action is create
@@ -263,6 +282,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.pg_migrate_core import (
     ACTIONS,
+    HAS_PGLAST,
     HAS_PSYCOPG2,
     MigrationError,
     MigrationFailed,
@@ -400,6 +420,8 @@ def main():
     )
     if not HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib("psycopg2"))
+    if not HAS_PGLAST and module.params["action"] != "create":
+        module.fail_json(msg=missing_required_lib("pglast"))
     worker = PgMigrate(module)
     worker.validate()
     try:

@@ -29,10 +29,42 @@ Compatibility with node-pg-migrate (read from its source, v6.2.2 to v9.0.0):
 
 Added here, beyond node-pg-migrate:
 
-* each migration in its own transaction with its tracking row; the file
-  marker ``-- pg-migrate: no-transaction`` runs one migration outside a
-  transaction (for ``CREATE INDEX CONCURRENTLY``);
-* statements run one by one, so a failure names the file and the line;
+* each migration in its own transaction with its tracking row, sent as ONE
+  simple query (``BEGIN; <the section as written>; <tracking row>; COMMIT``:
+  one round trip, the server splits the statements, as node-pg-migrate's
+  ``pgm.sql(section)`` does). A failure names the file and the line: from
+  the error's position when PostgreSQL gives one, else from the number of
+  statements that completed before it (libpq returns one result per
+  statement; read through psycopg2's ``pgconn_ptr``), never by running
+  anything again; without libpq access, a positionless error in a
+  multi-statement section names the section's first line and says so;
+* the file marker ``-- pg-migrate: no-transaction`` (a ``--`` comment on a
+  line of its own, in either section, any line ending) runs one migration
+  outside a transaction, statement by statement (for ``CREATE INDEX
+  CONCURRENTLY``, which a multi-statement string would wrap in an implicit
+  transaction);
+* SQL is read with PostgreSQL's own scanner (libpg_query, through pglast),
+  never a hand-written lexer: the sections are cut exactly as node-pg-migrate
+  cuts them (the marker regexes below), then the scanner splits each planned
+  section into statements. Before anything runs, every planned section is
+  checked: an unterminated ``/*`` comment, quoted string, quoted identifier
+  or dollar quote, and, in a transactional migration, a statement that
+  begins or ends a transaction (``BEGIN``, ``START TRANSACTION``, ``COMMIT``,
+  ``END``, ``ROLLBACK``, ``ABORT``, ``PREPARE TRANSACTION``, ``COMMIT`` /
+  ``ROLLBACK PREPARED``; ``SAVEPOINT``, ``RELEASE`` and ``ROLLBACK TO`` are
+  fine) are errors naming the file and line. Lines end with LF, CRLF or CR;
+* ``down`` refuses (naming the file, before anything runs) a migration whose
+  down section holds no statement, as node-pg-migrate refuses a migration it
+  cannot reverse; a down section that is meant to do nothing says so with
+  the comment line ``-- pg-migrate: down-noop`` (then only the tracking row
+  is deleted);
+* the tracking tables are written by their owner only: whenever it runs
+  ``up``/``down``/``redo`` the engine revokes INSERT, UPDATE, DELETE,
+  TRUNCATE, REFERENCES and TRIGGER on both tables (and USAGE, UPDATE on the
+  id sequence) from PUBLIC and every other role, which default privileges
+  (ALTER DEFAULT PRIVILEGES FOR ROLE <owner>) would otherwise hand to the
+  application role; SELECT stays; nothing is issued when nothing is to
+  revoke;
 * ``lock_timeout`` and ``statement_timeout`` for the migrating session;
 * SHA-256 checksums of applied files in the side table
   ``public.pgmigrations_checksums`` (keyed by the ``pgmigrations.id`` they
@@ -49,6 +81,12 @@ import hashlib
 import os
 import re
 import time
+import types
+
+try:
+    import ctypes
+except ImportError:  # pragma: no cover - a Python without ctypes
+    ctypes = None
 
 try:
     import psycopg2
@@ -58,6 +96,13 @@ except ImportError:  # pragma: no cover - reported by the Ansible module
     psycopg2 = None
     pgsql = None
     HAS_PSYCOPG2 = False
+
+try:
+    from pglast import parser as pgparser
+    HAS_PGLAST = True
+except ImportError:  # pragma: no cover - reported by the Ansible module
+    pgparser = None
+    HAS_PGLAST = False
 
 __metaclass__ = type
 
@@ -70,6 +115,7 @@ CHECKSUMS_SUFFIX = "_checksums"
 NAME_MAX_LENGTH = 255
 ACTIONS = ("up", "down", "redo", "status", "create")
 NO_TRANSACTION_MARKER = "-- pg-migrate: no-transaction"
+DOWN_NOOP_MARKER = "-- pg-migrate: down-noop"
 
 # JavaScript's \s (ECMAScript WhiteSpace + LineTerminator), spelled out so
 # the markers match exactly what node-pg-migrate's RegExp matches.
@@ -88,9 +134,14 @@ def _marker_regex(direction):
 
 UP_MARKER = _marker_regex("up")
 DOWN_MARKER = _marker_regex("down")
-NO_TRANSACTION_RE = re.compile(
-    r"^[ \t]*--[ \t]*pg-migrate:[ \t]*no-transaction[ \t]*$",
-    re.IGNORECASE | re.MULTILINE)
+_LINE_BREAK_RE = re.compile(u"\r\n|\r|\n")
+_LINE_BREAK_BYTES_RE = re.compile(b"\r\n|\r|\n")
+_NEAR_RE = re.compile(r' at or near "(.*)"\Z', re.DOTALL)
+_ATOMIC_RE = re.compile(r"atomic", re.IGNORECASE)
+_MARKER_HINT_RE = re.compile(r"pg-migrate", re.IGNORECASE)
+_TRANSACTION_CANDIDATE_RE = re.compile(
+    r"(?:begin|start|commit|end|rollback|abort|prepare)(?![\w$])", re.IGNORECASE)
+_COMMENT_TOKENS = ("SQL_COMMENT", "C_COMMENT")
 FILE_NAME_RE = re.compile(r"\A([0-9]+)_(.*)\.sql\Z", re.DOTALL)
 CREATE_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 DURATION_RE = re.compile(r"\A[0-9]+(?:us|ms|s|min|h|d)?\Z")
@@ -185,7 +236,6 @@ class Migration:
         self.down_span = None
         if down_start >= 0:
             self.down_span = (down_start, up_start if up_start > down_start else len(content))
-        self.transaction = NO_TRANSACTION_RE.search(content) is None
         self.warnings = []
         if down_start > up_start > 0:
             self.warnings.append(
@@ -193,30 +243,111 @@ class Migration:
                 "6.x would then run part of the down section on the way up "
                 "(it slices with substr): start the file with the marker"
                 % file_name)
-        self._lines = None
+        self._line_starts = None
+        self._statements = {}
+        self._markers = {}
+        self._transaction = None
+        self._validated = set()
 
     @property
     def reversible(self):
+        """Has a '-- Down Migration' section (see down_problem for its content)."""
         return self.down_span is not None
 
+    @property
+    def transaction(self):
+        """False when a section holds the comment ``-- pg-migrate: no-transaction``."""
+        if self._transaction is None:
+            self._transaction = not (self.has_marker("up", NO_TRANSACTION_MARKER)
+                                     or self.has_marker("down", NO_TRANSACTION_MARKER))
+        return self._transaction
+
+    def span(self, direction):
+        return self.up_span if direction == "up" else self.down_span
+
     def section(self, direction):
-        span = self.up_span if direction == "up" else self.down_span
+        span = self.span(direction)
         if span is None:
             return None
         return self.content[span[0]:span[1]]
 
     def statements(self, direction):
-        """(offset in file, SQL) of each statement of a section."""
-        span = self.up_span if direction == "up" else self.down_span
-        if span is None:
-            return []
-        return split_statements(self.content, span[0], span[1])
+        """(offset in file, SQL without its ';') of each statement of a section.
+
+        Split by PostgreSQL's own scanner (pglast); an unterminated comment,
+        quoted string, quoted identifier or dollar quote is a MigrationError
+        naming the file and line.
+        """
+        if direction not in self._statements:
+            span = self.span(direction)
+            if span is None:
+                return []
+            try:
+                self._statements[direction] = split_statements(self.content, span[0], span[1])
+            except SqlScanError as exc:
+                raise MigrationError(
+                    "%s:%d: %s (in the %s section): the rest of the section cannot be "
+                    "split into statements; close it. Nothing was run"
+                    % (self.path, self.line_of(exc.offset), exc.message, direction))
+        return self._statements[direction]
+
+    def has_marker(self, direction, marker):
+        """Whether the section holds the comment `marker` on a line of its own.
+
+        Only a real ``--`` comment token counts (not text inside a string, a
+        dollar quote or a /* */ comment), with any line ending.
+        """
+        key = (direction, marker)
+        if key not in self._markers:
+            span = self.span(direction)
+            found = False
+            if span is not None and _MARKER_HINT_RE.search(self.content, span[0], span[1]):
+                self.statements(direction)  # scan errors named with file and line first
+                found = any(
+                    _marker_comment_matches(marker, text)
+                    for text in _own_line_comments(self.content, span[0], span[1]))
+            self._markers[key] = found
+        return self._markers[key]
+
+    def validate(self, direction):
+        """Raise MigrationError (file:line) if this section must not run; nothing runs before.
+
+        Checks that the section can be split, and that a transactional
+        migration holds no statement that begins or ends a transaction.
+        """
+        if direction in self._validated:
+            return
+        statements = self.statements(direction)
+        if not self.transaction:
+            self._validated.add(direction)
+            return
+        for offset, statement in statements:
+            words = transaction_control(statement)
+            if words:
+                raise MigrationError(
+                    "%s:%d: %s ends or starts a transaction, but each migration runs in "
+                    "its own transaction with its tracking row (%s section); remove it "
+                    "(or mark the file '%s' to run it outside a transaction). Nothing "
+                    "was run" % (self.path, self.line_of(offset), words, direction,
+                                 NO_TRANSACTION_MARKER))
+        self._validated.add(direction)
+
+    def down_problem(self):
+        """Why `down` must refuse this migration, or None."""
+        if self.down_span is None:
+            return "no '-- Down Migration' section"
+        if not self.statements("down") and not self.has_marker("down", DOWN_NOOP_MARKER):
+            return ("its '-- Down Migration' section (line %d) holds no statement; write the "
+                    "SQL that undoes the up section, or put the line '%s' in that section "
+                    "to roll it back as an intentional no-op"
+                    % (self.line_of(self.down_span[0]), DOWN_NOOP_MARKER))
+        return None
 
     def line_of(self, offset):
-        """1-based line number of a character offset in the file."""
-        if self._lines is None:
-            self._lines = [m.start() for m in re.finditer("\n", self.content)]
-        return bisect.bisect_left(self._lines, offset) + 1
+        """1-based line number of a character offset (LF, CRLF and CR end lines)."""
+        if self._line_starts is None:
+            self._line_starts = [m.end() for m in _LINE_BREAK_RE.finditer(self.content)]
+        return bisect.bisect_right(self._line_starts, offset) + 1
 
 
 def parse_migration(file_name, data, path=None):
@@ -227,7 +358,8 @@ def parse_migration(file_name, data, path=None):
     except UnicodeDecodeError as exc:
         raise MigrationError(
             "%s:%d: not valid UTF-8 (byte %d: %s); save the file as UTF-8"
-            % (file_name, data.count(b"\n", 0, exc.start) + 1, exc.start, exc.reason))
+            % (file_name, len(_LINE_BREAK_BYTES_RE.findall(data, 0, exc.start)) + 1,
+               exc.start, exc.reason))
     if content.startswith(u"\ufeff"):
         content = content[1:]
     return Migration(file_name, path or file_name, content, checksum)
@@ -300,125 +432,181 @@ def load_migrations(directory):
     return ordered, warnings
 
 
+class SqlScanError(Exception):
+    """PostgreSQL's scanner rejected the text (unterminated comment, quote...)."""
+
+    def __init__(self, message, offset):
+        super(SqlScanError, self).__init__(message)
+        self.message = message
+        self.offset = offset
+
+
+def _require_pglast():
+    if not HAS_PGLAST:
+        raise MigrationError(
+            "the Python package pglast is needed to read SQL migrations (pip install "
+            "pglast, see requirements.txt)")
+
+
+def _scan_error(text, exc):
+    """SqlScanError from pglast's ParseError, with a character offset into text.
+
+    pglast's reported index is off for text with non-ASCII characters, so the
+    offset comes from the "at or near" remainder when it is the end of text.
+    """
+    message = exc.args[0] if exc.args else str(exc)
+    offset = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+    near = _NEAR_RE.search(message)
+    if near and near.group(1) and text.endswith(near.group(1)):
+        offset = len(text) - len(near.group(1))
+        message = message[:near.start()].rstrip()
+    return SqlScanError(message, max(0, min(offset, len(text))))
+
+
 def split_statements(text, start=0, end=None):
     """Split SQL into statements: [(offset of the statement's first token, sql)].
 
-    Understands what psql does for splitting: '...' (E'' with backslashes),
-    "...", $tag$...$tag$, -- and nested /* */ comments, and BEGIN ATOMIC ...
-    END bodies. Each statement starts at its first token (leading comments
-    and whitespace dropped); fragments with no token at all are dropped.
+    PostgreSQL's scanner (libpg_query through pglast) does the lexing, so
+    quotes, E'' strings, dollar quotes, nested comments and any line ending
+    are read as the server reads them. Each statement runs from its first
+    token (leading comments dropped) to its last, without the ';'.
+    ``BEGIN ATOMIC ... END`` bodies of CREATE FUNCTION/PROCEDURE stay whole,
+    with psql's rule. Raises SqlScanError (offset into text) on an
+    unterminated comment, quote or dollar quote.
     """
+    _require_pglast()
     end = len(text) if end is None else end
-    result = []
-    i = start
-    code_start = None
-    atomic_depth = 0
-    previous_word = None
-    while i < end:
-        char = text[i]
-        if char == "-" and text.startswith("--", i):
-            newline = text.find("\n", i, end)
-            i = end if newline < 0 else newline + 1
-            continue
-        if char == "/" and text.startswith("/*", i):
-            depth = 1
-            i += 2
-            while i < end and depth:
-                if text.startswith("/*", i):
-                    depth += 1
-                    i += 2
-                elif text.startswith("*/", i):
-                    depth -= 1
-                    i += 2
-                else:
-                    i += 1
-            continue
-        if char.isspace():
-            i += 1
-            continue
-        if code_start is None:
-            code_start = i
-        if char == "'":
-            escapes = i > start and text[i - 1] in "eE" and (
-                i - 1 == start or not _is_ident_char(text[i - 2]))
-            i = _skip_quoted(text, i, end, "'", escapes)
-            previous_word = None
-            continue
-        if char == '"':
-            i = _skip_quoted(text, i, end, '"', False)
-            previous_word = None
-            continue
-        if char == "$" and (i == start or not _is_ident_char(text[i - 1])):
-            tag_end = _dollar_tag_end(text, i, end)
-            if tag_end:
-                tag = text[i:tag_end]
-                close = text.find(tag, tag_end, end)
-                i = end if close < 0 else close + len(tag)
-                previous_word = None
+    section = text[start:end]
+    try:
+        if _ATOMIC_RE.search(section):
+            spans = _split_tokens(section)
+        else:
+            spans = _split_scanner(section)
+    except pgparser.ParseError as exc:
+        error = _scan_error(section, exc)
+        error.offset += start
+        raise error
+    return [(start + first, section[first:stop]) for first, stop in spans]
+
+
+def _split_scanner(section):
+    """libpg_query's scanner split (C, fast), trimmed to the first token."""
+    spans = []
+    for piece in pgparser.split(section, with_parser=False, only_slices=True):
+        first, stop = piece.start, piece.stop
+        if section[first] in "-/":  # leading comment(s): the scanner finds the first token
+            for token in pgparser.scan(section[first:stop]):
+                if token.name not in _COMMENT_TOKENS:
+                    first += token.start
+                    break
+            else:
                 continue
-        if char.isalpha() or char == "_":
-            j = i + 1
-            while j < end and _is_ident_char(text[j]):
-                j += 1
-            word = text[i:j].upper()
-            if previous_word == "BEGIN" and word == "ATOMIC":
-                atomic_depth += 1
-            elif atomic_depth and word == "CASE":
-                atomic_depth += 1
-            elif atomic_depth and word == "END":
-                atomic_depth -= 1
-            previous_word = word
-            i = j
-            continue
-        if char == ";" and not atomic_depth:
-            if code_start is not None and code_start < i:
-                result.append((code_start, text[code_start:i + 1]))
-            code_start = None
-            previous_word = None
-            i += 1
-            continue
-        previous_word = None
-        i += 1
-    if code_start is not None:
-        result.append((code_start, text[code_start:end]))
-    return result
+        spans.append((first, stop))
+    return spans
 
 
-def _dollar_tag_end(text, i, end):
-    """End of a dollar-quote opening tag ($$ or $tag$) at i, or 0 if none.
+def _split_tokens(section):
+    """Split on ';' tokens, keeping BEGIN ATOMIC bodies whole as psql does.
 
-    A tag is a letter, _ or non-ASCII character, then those or digits.
+    psql's heuristic (psqlscan.l): in a statement that starts CREATE [OR
+    REPLACE] FUNCTION|PROCEDURE, outside parentheses, BEGIN opens a block,
+    CASE inside a block opens one too, END closes one; ';' ends the
+    statement only outside any block.
     """
-    j = i + 1
-    while j < end:
-        char = text[j]
-        if char == "$":
-            return j + 1
-        if not (char == "_" or ("a" <= char.lower() <= "z") or char >= "\x80"
-                or (j > i + 1 and "0" <= char <= "9")):
-            return 0
-        j += 1
-    return 0
-
-
-def _is_ident_char(char):
-    return char.isalnum() or char in "_$"
-
-
-def _skip_quoted(text, i, end, quote, backslash_escapes):
-    i += 1
-    while i < end:
-        char = text[i]
-        if backslash_escapes and char == "\\":
-            i += 2
+    spans = []
+    first = last = None
+    words = []
+    paren = depth = 0
+    for token in pgparser.scan(section):
+        name = token.name
+        if name in _COMMENT_TOKENS:
             continue
-        if char == quote:
-            if i + 1 < end and text[i + 1] == quote:
-                i += 2
-                continue
-            return i + 1
-        i += 1
-    return end
+        if name == "ASCII_59" and depth == 0:
+            if first is not None:
+                spans.append((first, last))
+            first = None
+            words = []
+            paren = 0
+            continue
+        if first is None:
+            first = token.start
+        last = token.end + 1
+        if name == "ASCII_40":
+            paren += 1
+        elif name == "ASCII_41":
+            paren = max(0, paren - 1)
+        elif token.kind != "NO_KEYWORD" or name == "IDENT":
+            word = section[token.start:last].lower()
+            if len(words) < 4:
+                words.append(word)
+            if paren == 0 and _is_routine(words):
+                if word == "begin":
+                    depth += 1
+                elif word == "case" and depth:
+                    depth += 1
+                elif word == "end" and depth:
+                    depth -= 1
+    if first is not None:
+        spans.append((first, last))
+    return spans
+
+
+def _is_routine(words):
+    if len(words) < 2 or words[0] != "create":
+        return False
+    if words[1] in ("function", "procedure"):
+        return True
+    return words[1:3] == ["or", "replace"] and len(words) > 3 and words[3] in ("function", "procedure")
+
+
+def transaction_control(statement):
+    """The statement's leading words if it begins or ends a transaction, else None.
+
+    BEGIN, START TRANSACTION, COMMIT (also AND CHAIN, COMMIT PREPARED), END,
+    ROLLBACK and ABORT (not ROLLBACK TO SAVEPOINT), ROLLBACK PREPARED,
+    PREPARE TRANSACTION. SAVEPOINT and RELEASE stay inside the transaction.
+    Read from PostgreSQL's scanner tokens; the regex only skips the others fast.
+    """
+    if not _TRANSACTION_CANDIDATE_RE.match(statement):
+        return None
+    _require_pglast()
+    try:
+        tokens = pgparser.scan(statement)
+    except pgparser.ParseError:
+        return None
+    words = [statement[t.start:t.end + 1].upper() for t in tokens
+             if t.name not in _COMMENT_TOKENS][:4]
+    first, rest = words[0], words[1:]
+    if first in ("BEGIN", "COMMIT", "END", "ABORT"):
+        return " ".join(words[:2] if rest[:1] == ["PREPARED"] else words[:1])
+    if first == "START" and rest[:1] == ["TRANSACTION"]:
+        return "START TRANSACTION"
+    if first == "ROLLBACK":
+        if "TO" in rest[:2]:
+            return None
+        return "ROLLBACK PREPARED" if rest[:1] == ["PREPARED"] else "ROLLBACK"
+    if first == "PREPARE" and rest[:1] == ["TRANSACTION"]:
+        return "PREPARE TRANSACTION"
+    return None
+
+
+def _own_line_comments(text, start, end):
+    """Text of each -- comment token of text[start:end] that is alone on its line."""
+    section = text[start:end]
+    for token in pgparser.scan(section):
+        if token.name != "SQL_COMMENT":
+            continue
+        line_start = max(section.rfind("\n", 0, token.start), section.rfind("\r", 0, token.start)) + 1
+        if section[line_start:token.start].strip(" \t\f\v") == "":
+            yield section[token.start:token.end + 1]
+
+
+def _marker_comment_matches(marker, comment):
+    """'-- pg-migrate: x' with any case and spaces or tabs around the parts."""
+    expected = marker[2:].split(":")
+    parts = comment[2:].split(":")
+    return len(parts) == 2 and all(
+        p.strip(" \t").lower() == e.strip() for p, e in zip(parts, expected))
 
 
 # --------------------------------------------------------------------------
@@ -523,11 +711,11 @@ def plan_down(migrations, applied_names, count=None, to=None):
             "cannot roll back %s: the file(s) are no longer in the migrations "
             "folder" % ", ".join(deleted))
     plan = [by_name[name] for name in reversed(names)]
-    irreversible = [m.file_name for m in plan if not m.reversible]
-    if irreversible:
+    problems = [(m.file_name, m.down_problem()) for m in plan]
+    problems = ["%s: %s" % (file_name, problem) for file_name, problem in problems if problem]
+    if problems:
         raise MigrationError(
-            "cannot roll back %s: no '-- Down Migration' section"
-            % ", ".join(irreversible))
+            "cannot roll back %s. Nothing was run" % "; ".join(problems))
     return plan
 
 
@@ -669,10 +857,17 @@ class Runner:
         self.poll_interval = poll_interval
         self.lock_id = lock_id
         self.locked = False
+        self.lost = False
+        self._tracking_templates = None
         self._table_sql = pgsql.SQL("{}.{}").format(
             pgsql.Identifier(schema), pgsql.Identifier(table))
         self._checksum_sql = pgsql.SQL("{}.{}").format(
             pgsql.Identifier(schema), pgsql.Identifier(self.checksum_table))
+
+    @property
+    def _codec(self):
+        """Python codec of the connection's client_encoding."""
+        return psycopg2.extensions.encodings.get(self.conn.encoding, "utf-8")
 
     # -- session ------------------------------------------------------------
     def configure_session(self):
@@ -704,7 +899,7 @@ class Runner:
                 time.sleep(self.poll_interval)
 
     def release_lock(self):
-        if self.locked and not self.conn.closed:
+        if self.locked and not self.conn.closed and not self.lost:
             with self.conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (self.lock_id,))
             self.locked = False
@@ -760,6 +955,58 @@ class Runner:
                 raise
         return True
 
+    def protect_tables(self):
+        """Leave write access to the tracking tables to their owner alone.
+
+        Default privileges (the bootstrap's ALTER DEFAULT PRIVILEGES FOR ROLE
+        <owner>) hand the application role INSERT, UPDATE, DELETE... on every
+        table the owner creates, these included, which would let it rewrite
+        migration history. Revokes INSERT, UPDATE, DELETE, TRUNCATE,
+        REFERENCES and TRIGGER on both tables, and USAGE and UPDATE on the id
+        sequence, from PUBLIC and every role but the owner; SELECT stays.
+        Idempotent: one catalog query, and no statement when nothing is to
+        revoke. Returns (revoked: ["<privileges> ON <object> FROM <roles>"],
+        warnings).
+        """
+        with self.conn.cursor() as cur:
+            cur.execute(_EXCESS_PRIVILEGES_SQL, self._privilege_args())
+            excess = cur.fetchall()
+        if not excess:
+            return [], []
+        statements, revoked = [], []
+        for kind, schema, name, grantees in excess:
+            privileges = _SEQUENCE_WRITES if kind == "S" else _TABLE_WRITES
+            roles = [pgsql.SQL("PUBLIC") if grantee is None else pgsql.Identifier(grantee)
+                     for grantee in grantees]
+            target = pgsql.SQL("{}.{}").format(pgsql.Identifier(schema), pgsql.Identifier(name))
+            statements.append(pgsql.SQL("REVOKE {} ON {} {} FROM {}").format(
+                pgsql.SQL(privileges), pgsql.SQL("SEQUENCE" if kind == "S" else "TABLE"),
+                target, pgsql.SQL(", ").join(roles)).as_string(self.conn))
+            revoked.append("%s ON %s.%s FROM %s" % (
+                privileges, schema, name, ", ".join(g or "PUBLIC" for g in grantees)))
+        with self.conn.cursor() as cur:
+            try:
+                cur.execute("BEGIN;\n" + ";\n".join(statements) + ";\nCOMMIT")
+            except psycopg2.Error as exc:
+                self._rollback_quietly()
+                return [], ["could not revoke write access to %s.%s from other roles (%s); "
+                            "run as the tables' owner: %s"
+                            % (self.schema, self.table, str(exc).strip(), "; ".join(revoked))]
+            cur.execute(_EXCESS_PRIVILEGES_SQL, self._privilege_args())
+            left = cur.fetchall()
+        warnings = []
+        if left:
+            warnings.append(
+                "other roles can still write to the migration tables (privileges granted by "
+                "another grantor?): %s" % "; ".join(
+                    "%s.%s: %s" % (schema, name, ", ".join(g or "PUBLIC" for g in grantees))
+                    for _, schema, name, grantees in left))
+        return revoked, warnings
+
+    def _privilege_args(self):
+        return (self.schema, self.table, self.schema, self.checksum_table,
+                self.schema, self.table)
+
     # -- execution ----------------------------------------------------------
     def tracking_sql(self, migration, direction):
         """The tracking statements as text, for check mode and diff output."""
@@ -772,85 +1019,142 @@ class Runner:
     def apply(self, migration, direction, durable=True):
         """Run one section and write/delete its tracking row.
 
-        In a transaction by default (all or nothing), statement by statement
-        so a failure has a line. BEGIN travels with the first statement and
-        the tracking row plus COMMIT with the last: one round trip for a
-        one-statement migration. durable=False commits with
-        synchronous_commit off: used for all but the last migration of a run,
-        whose synchronous commit then flushes the WAL of those before it (a
-        crash can only lose a suffix of whole migrations, never half of one).
+        Transactional (the default): one simple query, one round trip:
+        ``BEGIN; <the section as written>; <tracking row>; COMMIT``, all or
+        nothing. The server splits and runs the statements; a failure is
+        located from the error's position, or else from how many statements
+        completed before it (see _send), never by running anything again.
+        durable=False commits with synchronous_commit off: used for all but
+        the last migration of a run, whose synchronous commit then flushes
+        the WAL of those before it (a crash can only lose a suffix of whole
+        migrations, never half of one).
+
+        no-transaction: statement by statement (CREATE INDEX CONCURRENTLY
+        cannot run in a multi-statement string, which is an implicit
+        transaction), then the tracking row in its own transaction.
         """
+        migration.validate(direction)
         statements = migration.statements(direction)
         tracking = self.tracking_query(migration, direction)
-        commit = tracking + ";\nCOMMIT"
-        with self.conn.cursor() as cur:
-            if not migration.transaction:
-                for done, (offset, statement) in enumerate(statements):
-                    self._execute(cur, migration, direction, offset, statement, done=done)
-                self._execute(cur, migration, direction, None, "", lead="BEGIN;\n",
-                              tail=commit, done=len(statements))
-                return
-            begin = "BEGIN;\n" if durable else "BEGIN; SET LOCAL synchronous_commit TO off;\n"
-            try:
-                if not statements:
-                    self._execute(cur, migration, direction, None, "", lead=begin,
-                                  tail=commit, in_transaction=True)
-                last = len(statements) - 1
-                for index, (offset, statement) in enumerate(statements):
-                    tail = ""
-                    if index == last:
-                        tail = ("\n" if statement.endswith(";") else "\n;\n") + commit
-                    self._execute(cur, migration, direction, offset, statement,
-                                  lead=begin if index == 0 else "", tail=tail,
-                                  in_transaction=True, done=index, tracking=tracking)
-            except BaseException:
-                self._rollback_quietly(cur)
-                raise
+        if not migration.transaction:
+            for done, (offset, statement) in enumerate(statements):
+                error, _ = self._send(statement)
+                if error is not None:
+                    raise self._failure(error, migration, direction, offset, False, done)
+            error, _ = self._send("BEGIN;\n" + tracking + ";\nCOMMIT")
+            if error is not None:
+                self._rollback_quietly()
+                raise self._failure(error, migration, direction, None, False, len(statements))
+            return
+        if durable:
+            lead, lead_results = "BEGIN;\n", 1
+        else:
+            lead, lead_results = "BEGIN; SET LOCAL synchronous_commit TO off;\n", 2
+        start, end = migration.span(direction)
+        section = migration.content[start:end]
+        error, index = self._send(lead + section + "\n;\n" + tracking + ";\nCOMMIT")
+        if error is None:
+            return
+        self._rollback_quietly()
+        offset, exact = None, True
+        position = error.position
+        if position is not None:
+            inside = position - 1 - len(lead)
+            if 0 <= inside < len(section):
+                offset = start + inside
+        elif index is not None:
+            inside = index - lead_results
+            if 0 <= inside < len(statements):
+                offset = statements[inside][0]
+        elif len(statements) == 1:
+            offset = statements[0][0]
+        else:
+            offset, exact = start, False
+        if offset is None and (position is not None and position - 1 < len(lead)
+                               or index is not None and index < lead_results):
+            offset, exact = start, False
+        raise self._failure(error, migration, direction, offset, True, 0, exact)
 
     def tracking_query(self, migration, direction):
         """The tracking statement with its values quoted by psycopg2 (sql.Literal)."""
-        if direction == "up":
-            query = pgsql.SQL(
-                "WITH m AS (INSERT INTO {} (name, run_on) VALUES ({}, NOW()) RETURNING id) "
-                "INSERT INTO {} (migration_id, name, checksum) SELECT id, {}, {} FROM m"
-            ).format(self._table_sql, pgsql.Literal(migration.name), self._checksum_sql,
-                     pgsql.Literal(migration.name), pgsql.Literal(migration.checksum))
-        else:
-            query = pgsql.SQL(
-                "WITH m AS (DELETE FROM {} WHERE name = {} RETURNING id) "
-                "DELETE FROM {} c USING m WHERE c.migration_id = m.id"
-            ).format(self._table_sql, pgsql.Literal(migration.name), self._checksum_sql)
-        return query.as_string(self.conn)
+        if self._tracking_templates is None:
+            tables = {"table": self._table_sql.as_string(self.conn),
+                      "checksums": self._checksum_sql.as_string(self.conn)}
+            self._tracking_templates = {
+                # NUL cannot occur in an identifier: safe placeholders for the values
+                "up": ("WITH m AS (INSERT INTO %(table)s (name, run_on) VALUES (\0N\0, NOW()) "
+                       "RETURNING id) INSERT INTO %(checksums)s (migration_id, name, checksum) "
+                       "SELECT id, \0N\0, \0C\0 FROM m" % tables),
+                "down": ("WITH m AS (DELETE FROM %(table)s WHERE name = \0N\0 RETURNING id) "
+                         "DELETE FROM %(checksums)s c USING m WHERE c.migration_id = m.id"
+                         % tables),
+            }
+        return self._tracking_templates[direction].replace(
+            "\0N\0", pgsql.Literal(migration.name).as_string(self.conn)).replace(
+            "\0C\0", pgsql.Literal(migration.checksum).as_string(self.conn))
 
-    def _execute(self, cur, migration, direction, offset, statement, lead="", tail="",
-                 in_transaction=False, done=0, tracking=None):
-        """Send lead + statement + tail; on error raise MigrationFailed saying where."""
-        try:
-            cur.execute(lead + statement + tail)
-            return
-        except psycopg2.Error as exc:
-            error = exc
-        if offset is not None and tracking is not None:
-            # The last statement travelled with the tracking row: which failed?
-            position = error.diag.statement_position
-            if position and position.isdigit() and int(position) > len(lead) + len(statement):
-                offset = None
-            elif not position:
-                self._rollback_quietly(cur)
-                try:
-                    cur.execute("BEGIN;\n" + tracking + ";\nROLLBACK")
-                except psycopg2.Error as probe_error:
-                    self._rollback_quietly(cur)
-                    error, offset = probe_error, None
-        raise self._failure(error, migration, direction, offset, statement, lead,
-                            in_transaction, done)
+    def _send(self, text):
+        """Run text (one or more statements) as one simple query.
 
-    def _rollback_quietly(self, cur):
+        Returns (None, None) on success, else (ServerError, index): index is
+        the 0-based number of the statement in text that failed, counted from
+        the results the server sent before the error (each statement of a
+        multi-statement query ends with its own CommandComplete), or None
+        when that count is not available.
+        """
+        libpq = _libpq()
+        if libpq is None or self.lost:
+            try:
+                with self.conn.cursor() as cur:
+                    cur.execute(text)
+                return None, None
+            except psycopg2.Error as exc:
+                return ServerError.from_psycopg2(exc, self.conn), None
+        pgconn = self.conn.pgconn_ptr
+        data = text.encode(self._codec)
+        if not libpq.PQsendQuery(pgconn, data):
+            return self._libpq_error(libpq, pgconn, None), None
+        error = index = None
+        count = 0
+        while True:
+            result = libpq.PQgetResult(pgconn)
+            if not result:
+                break
+            status = libpq.PQresultStatus(result)
+            if status == _PGRES_COPY_IN:
+                libpq.PQputCopyEnd(pgconn, b"COPY FROM STDIN is not supported in a migration")
+            elif status == _PGRES_COPY_OUT:
+                buffer = ctypes.c_void_p()
+                while libpq.PQgetCopyData(pgconn, ctypes.byref(buffer), 0) > 0:
+                    libpq.PQfreemem(buffer)
+            elif status in (_PGRES_BAD_RESPONSE, _PGRES_FATAL_ERROR):
+                if error is None:
+                    error, index = self._libpq_error(libpq, pgconn, result), count
+                count += 1
+            else:
+                count += 1
+            libpq.PQclear(result)
+        return error, index
+
+    def _libpq_error(self, libpq, pgconn, result):
+        def field(code):
+            value = libpq.PQresultErrorField(result, ord(code)) if result else None
+            return value.decode(self._codec, "replace") if value is not None else None
+        text = libpq.PQresultErrorMessage(result) if result else libpq.PQerrorMessage(pgconn)
+        lost = libpq.PQstatus(pgconn) != 0  # CONNECTION_OK
+        self.lost = self.lost or lost
+        return ServerError(
+            sqlstate=field("C"), severity=field("V") or field("S"), message=field("M"),
+            detail=field("D"), hint=field("H"), context=field("W"), position=field("P"),
+            text=(text or b"").decode(self._codec, "replace"), lost=lost)
+
+    def _rollback_quietly(self, cur=None):
         """ROLLBACK after a failure without hiding the failure itself."""
-        if self.conn.closed:
+        if self.conn.closed or self.lost:
             return
         try:
-            cur.execute("ROLLBACK")
+            with self.conn.cursor() as own:
+                own.execute("ROLLBACK")
         except psycopg2.Error:
             pass
 
@@ -863,35 +1167,29 @@ class Runner:
         with self.conn.cursor() as cur:
             cur.execute("BEGIN; SELECT txid_current(); COMMIT")
 
-    def _failure(self, exc, migration, direction, offset, statement, lead,
-                 in_transaction, done):
-        diag = exc.diag
+    def _failure(self, error, migration, direction, offset, in_transaction, done, exact=True):
         if offset is None:
             # The tracking row or the COMMIT (deferred constraints) failed.
-            span = migration.up_span if direction == "up" else migration.down_span
-            error_offset = span[0]
+            error_offset = migration.span(direction)[0]
             where = "while recording it in %s.%s or committing" % (self.schema, self.table)
+        elif not exact:
+            error_offset = offset
+            where = ("at a statement of its %s section that PostgreSQL did not identify (the "
+                     "error has no position; line %d is the section's start)"
+                     % (direction, migration.line_of(offset)))
         else:
             error_offset = offset
             where = "at this statement"
-            position = diag.statement_position
-            if position:
-                try:
-                    # 1-based character position in the string sent (lead + statement)
-                    inside = int(position) - 1 - len(lead)
-                    if 0 <= inside < len(statement):
-                        error_offset = offset + inside
-                except ValueError:
-                    pass
         line = migration.line_of(error_offset)
-        pgmessage = diag.message_primary or str(exc).strip()
-        if self.conn.closed or isinstance(exc, psycopg2.OperationalError) and not diag.sqlstate:
+        pgmessage = error.message or error.text.strip()
+        if error.lost or self.conn.closed:
             # The server went away (stopped, killed): its last words are no diagnosis.
-            pgmessage = "the connection to the server was lost (%s)" % (str(exc).strip() or "closed")
+            pgmessage = "the connection to the server was lost (%s)" % (
+                error.text.strip() or "closed")
         detail = "".join(
             "\n%s: %s" % (label, text) for label, text in
-            (("DETAIL", diag.message_detail), ("HINT", diag.message_hint),
-             ("CONTEXT", diag.context)) if text)
+            (("DETAIL", error.detail), ("HINT", error.hint),
+             ("CONTEXT", error.context)) if text)
         if in_transaction:
             outcome = ("rolled back: nothing of %s was applied and it is not "
                        "recorded as %s" % (migration.name,
@@ -903,9 +1201,117 @@ class Runner:
                        % (migration.name, NO_TRANSACTION_MARKER, done))
         message = "%s:%d: migration %s (%s) failed %s: %s: %s%s\n%s" % (
             migration.path, line, migration.name, direction, where,
-            diag.severity or "ERROR", pgmessage, detail, outcome)
+            error.severity or "ERROR", pgmessage, detail, outcome)
         return MigrationFailed(message, file_name=migration.file_name, line=line,
-                               pgcode=exc.pgcode, pgmessage=pgmessage)
+                               pgcode=error.sqlstate, pgmessage=pgmessage)
+
+
+class ServerError:
+    """What the server said about a failed query (from libpq or psycopg2)."""
+
+    def __init__(self, sqlstate=None, severity=None, message=None, detail=None, hint=None,
+                 context=None, position=None, text="", lost=False):
+        self.sqlstate = sqlstate
+        self.severity = severity
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+        self.context = context
+        self.position = int(position) if position and str(position).isdigit() else None
+        self.text = text or ""
+        self.lost = lost
+
+    @classmethod
+    def from_psycopg2(cls, exc, conn):
+        diag = exc.diag
+        lost = bool(conn.closed) or (isinstance(exc, psycopg2.OperationalError)
+                                     and not diag.sqlstate)
+        return cls(sqlstate=exc.pgcode, severity=diag.severity, message=diag.message_primary,
+                   detail=diag.message_detail, hint=diag.message_hint, context=diag.context,
+                   position=diag.statement_position, text=str(exc), lost=lost)
+
+
+_TABLE_WRITES = "INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER"
+_SEQUENCE_WRITES = "USAGE, UPDATE"
+#: The engine's tables and pgmigrations' id sequence, each with the roles
+#: (NULL: PUBLIC) other than its owner that hold a write privilege on it.
+_EXCESS_PRIVILEGES_SQL = """
+WITH objects AS (
+    SELECT c.oid, c.relkind, c.relowner, c.relacl, n.nspname, c.relname
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = to_regclass(format('%%I.%%I', %s::text, %s::text))
+       OR c.oid = to_regclass(format('%%I.%%I', %s::text, %s::text))
+       OR c.oid = (SELECT d.objid FROM pg_depend d
+                   JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                   WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                     AND d.refobjid = to_regclass(format('%%I.%%I', %s::text, %s::text))
+                     AND a.attname = 'id' AND d.deptype IN ('a', 'i') LIMIT 1)
+)
+SELECT o.relkind, o.nspname, o.relname,
+       array_agg(DISTINCT r.rolname) AS grantees
+FROM objects o
+CROSS JOIN LATERAL aclexplode(o.relacl) acl
+LEFT JOIN pg_roles r ON r.oid = acl.grantee
+WHERE acl.grantee <> o.relowner
+  AND acl.privilege_type = ANY (CASE WHEN o.relkind = 'S' THEN ARRAY['USAGE', 'UPDATE']
+                                ELSE ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
+                                           'REFERENCES', 'TRIGGER'] END)
+GROUP BY o.relkind, o.nspname, o.relname
+ORDER BY o.relname
+"""
+
+# libpq's ExecStatusType values used by Runner._send.
+_PGRES_COPY_OUT, _PGRES_COPY_IN, _PGRES_BAD_RESPONSE, _PGRES_FATAL_ERROR = 3, 4, 5, 7
+_LIBPQ = []
+
+
+def _libpq():
+    """libpq's functions, from the library psycopg2 itself is linked with; None if unusable.
+
+    psycopg2 documents ``connection.pgconn_ptr`` for passing its PGconn to
+    libpq through ctypes. The functions are looked up through psycopg2's own
+    extension module, so they are the very libpq that made the connection
+    (psycopg2-binary bundles its own copy). Used only to read, per
+    statement, the results of a multi-statement query, which psycopg2 drops.
+    """
+    if not _LIBPQ:
+        _LIBPQ.append(_load_libpq())
+    return _LIBPQ[0]
+
+
+def _load_libpq():
+    if ctypes is None or not HAS_PSYCOPG2 or os.environ.get("PG_MIGRATE_NO_LIBPQ"):
+        return None
+    try:
+        from psycopg2 import _psycopg
+        # Calls that may wait for the server release the GIL (CDLL); the
+        # others only read memory and keep it (PyDLL: no release overhead).
+        lib = ctypes.CDLL(_psycopg.__file__)
+        fast = ctypes.PyDLL(_psycopg.__file__)
+        pointer, text, integer = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        signatures = {
+            "PQsendQuery": ([pointer, text], integer),
+            "PQgetResult": ([pointer], pointer),
+            "PQresultStatus": ([pointer], integer),
+            "PQresultErrorField": ([pointer, integer], text),
+            "PQresultErrorMessage": ([pointer], text),
+            "PQerrorMessage": ([pointer], text),
+            "PQstatus": ([pointer], integer),
+            "PQclear": ([pointer], None),
+            "PQputCopyEnd": ([pointer, text], integer),
+            "PQgetCopyData": ([pointer, ctypes.POINTER(pointer), integer], integer),
+            "PQfreemem": ([pointer], None),
+        }
+        blocking = ("PQsendQuery", "PQgetResult", "PQputCopyEnd", "PQgetCopyData")
+        functions = types.SimpleNamespace()
+        for name, (argtypes, restype) in signatures.items():
+            function = getattr(lib if name in blocking else fast, name)
+            function.argtypes = argtypes
+            function.restype = restype
+            setattr(functions, name, function)
+        return functions
+    except (ImportError, OSError, AttributeError):
+        return None
 
 
 def report_after(report, migrations, plan):
@@ -1013,15 +1419,23 @@ def run(conn_factory, directory, action, count=None, to=None, name=None,
 
         plan = plan_action(action, migrations, applied_names, count, to)
         for migration, direction in plan:
+            migration.validate(direction)  # every planned section, before anything runs
+        for migration, direction in plan:
             result["queries"].append(migration.section(direction))
             result["queries"].append(runner.tracking_sql(migration, direction))
         result["planned"] = [{"name": m.name, "direction": d, "transaction": m.transaction}
                              for m, d in plan]
-        if check_mode or not plan:
+        if check_mode:
             result["changed"] = bool(plan)
             return result
 
-        runner.ensure_tables()
+        if plan:
+            runner.ensure_tables()
+        result["revoked"], revoke_warnings = runner.protect_tables()
+        result["warnings"].extend(revoke_warnings)
+        if not plan:
+            result["changed"] = bool(result["revoked"])
+            return result
         for index, (migration, direction) in enumerate(plan):
             started = time.monotonic()
             try:

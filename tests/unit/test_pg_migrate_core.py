@@ -304,22 +304,27 @@ def test_drift_stops_unless_allowed(report, allow, stops):
 # --- statement splitting --------------------------------------------------
 
 @pytest.mark.parametrize("sql,expected", [
-    ("SELECT 1; SELECT 2;", ["SELECT 1;", "SELECT 2;"]),
-    ("SELECT 'a;b';", ["SELECT 'a;b';"]),
-    ("SELECT 'it''s;';", ["SELECT 'it''s;';"]),
-    ("SELECT E'a\\';b';", ["SELECT E'a\\';b';"]),
-    ('SELECT 1 AS "x;y";', ['SELECT 1 AS "x;y";']),
-    ("SELECT $$;$$; SELECT $f$ $$ ; $f$;", ["SELECT $$;$$;", "SELECT $f$ $$ ; $f$;"]),
-    ("-- a; comment\nSELECT 1;", ["SELECT 1;"]),
-    ("/* a; /* nested; */ b; */ SELECT 1;", ["SELECT 1;"]),
-    ("SELECT 1;\n-- trailing; comment\n", ["SELECT 1;"]),
+    ("SELECT 1; SELECT 2;", ["SELECT 1", "SELECT 2"]),
+    ("SELECT 'a;b';", ["SELECT 'a;b'"]),
+    ("SELECT 'it''s;';", ["SELECT 'it''s;'"]),
+    ("SELECT E'a\\';b';", ["SELECT E'a\\';b'"]),
+    ('SELECT 1 AS "x;y";', ['SELECT 1 AS "x;y"']),
+    ("SELECT $$;$$; SELECT $f$ $$ ; $f$;", ["SELECT $$;$$", "SELECT $f$ $$ ; $f$"]),
+    ("-- a; comment\nSELECT 1;", ["SELECT 1"]),
+    ("/* a; /* nested; */ b; */ SELECT 1;", ["SELECT 1"]),
+    ("SELECT 1;\n-- trailing; comment\n", ["SELECT 1"]),
     ("SELECT 1", ["SELECT 1"]),
+    (";; SELECT 1;;", ["SELECT 1"]),
     ("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; "
      "SELECT CASE WHEN true THEN 2 END; END; SELECT 3;",
      ["CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; "
-      "SELECT CASE WHEN true THEN 2 END; END;", "SELECT 3;"]),
-    ("BEGIN; SELECT 1; END;", ["BEGIN;", "SELECT 1;", "END;"]),
-    ("SELECT a$b FROM t; SELECT 2;", ["SELECT a$b FROM t;", "SELECT 2;"]),
+      "SELECT CASE WHEN true THEN 2 END; END", "SELECT 3"]),
+    ("create or replace procedure p() language sql begin atomic insert into t values (1); end;"
+     "\nSELECT 2;",
+     ["create or replace procedure p() language sql begin atomic insert into t values (1); end",
+      "SELECT 2"]),
+    ("SELECT a$b FROM t; SELECT 2;", ["SELECT a$b FROM t", "SELECT 2"]),
+    ("SELECT 'é;ü'; SELECT 2;", ["SELECT 'é;ü'", "SELECT 2"]),
 ])
 def test_split_statements(sql, expected):
     assert [text for _, text in core.split_statements(sql)] == expected
@@ -334,6 +339,150 @@ def test_line_of_an_offset():
     migration = mig("1_x.sql", "-- Up Migration\nSELECT 1;\n\nSELECT oops;\n")
     offset = migration.content.index("SELECT oops")
     assert migration.line_of(offset) == 4
+
+
+# --- issue 10 item 4: an unterminated comment, quote or dollar quote -------
+
+@pytest.mark.parametrize("tail,message", [
+    ("/* CREATE TABLE b (id int);\nCREATE TABLE c (id int);\n", r"unterminated /\* comment"),
+    ("INSERT INTO a VALUES ('b);\nCREATE TABLE c (id int);\n", "unterminated quoted string"),
+    ("DO $body$ BEGIN NULL; END $$;\nCREATE TABLE c (id int);\n", "unterminated dollar-quoted string"),
+    ('CREATE TABLE "b (id int);\nCREATE TABLE c (id int);\n', "unterminated quoted identifier"),
+])
+def test_unterminated_comment_or_quote_is_an_error_naming_file_and_line(tail, message):
+    migration = mig("1_x.sql", "-- Up Migration\nCREATE TABLE a (id int);\n" + tail
+                    + "-- Down Migration\nDROP TABLE a;\n")
+    with pytest.raises(MigrationError, match=r"1_x\.sql:3: " + message):
+        migration.statements("up")
+
+
+def test_unterminated_comment_after_non_ascii_text_names_its_own_line():
+    migration = mig("1_x.sql", "-- Up Migration\nSELECT 'ééé';\nSELECT 'ü';\n\n/* open\nSELECT 2;\n")
+    with pytest.raises(MigrationError, match=r"1_x\.sql:5: unterminated /\* comment"):
+        migration.statements("up")
+
+
+def test_unterminated_comment_in_the_down_section_stops_down_before_it_runs():
+    files = [mig("1_a.sql", "-- Up Migration\nSELECT 1;\n-- Down Migration\nSELECT 1; /* open\n")]
+    with pytest.raises(MigrationError, match=r"1_a\.sql:4: unterminated /\* comment"):
+        core.plan_down(files, ["1_a"])
+
+
+# --- issue 10 item 5: CR-only and mixed line endings -----------------------
+
+def test_cr_only_file_splits_into_its_statements():
+    migration = mig("1_x.sql", "-- Up Migration\rCREATE TABLE a (id int);\r-- second\rCREATE TABLE b (id int);\r"
+                               "-- Down Migration\rDROP TABLE b;\rDROP TABLE a;\r")
+    assert [text for _, text in migration.statements("up")] == [
+        "CREATE TABLE a (id int)", "CREATE TABLE b (id int)"]
+    assert [text for _, text in migration.statements("down")] == ["DROP TABLE b", "DROP TABLE a"]
+
+
+def test_comment_ended_by_a_lone_cr_does_not_swallow_the_next_statement():
+    assert [text for _, text in core.split_statements("-- note\rSELECT 1;\r\nSELECT 2;")] == [
+        "SELECT 1", "SELECT 2"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_line_numbers_count_every_line_ending(newline):
+    migration = mig("1_x.sql", newline.join(["-- Up Migration", "SELECT 1;", "", "SELECT 2;", ""]))
+    offsets = [offset for offset, _ in migration.statements("up")]
+    assert [migration.line_of(offset) for offset in offsets] == [2, 4]
+
+
+# --- issue 10 item 6: transaction control in a transactional migration -----
+
+@pytest.mark.parametrize("statement", [
+    "COMMIT;", "BEGIN;", "END;", "ROLLBACK;", "commit work;", "Rollback Transaction;",
+    "START TRANSACTION;", "start transaction isolation level serializable;", "ABORT;",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE;", "COMMIT AND CHAIN;", "END TRANSACTION;",
+    "PREPARE TRANSACTION 'x';", "COMMIT PREPARED 'x';", "ROLLBACK PREPARED 'x';",
+    "/* why */ COMMIT;", "COMMIT",
+])
+def test_transaction_control_in_a_transactional_migration_is_an_error(statement):
+    migration = mig("1_x.sql", "-- Up Migration\nCREATE TABLE a (id int);\n" + statement
+                    + "\nCREATE TABLE b (id int);\n")
+    with pytest.raises(MigrationError, match=r"1_x\.sql:3: .*ends or starts a transaction"):
+        migration.validate("up")
+
+
+def test_begin_select_end_is_refused_not_run_as_three_statements():
+    """It used to split into three ordinary statements, ending the migration's transaction."""
+    migration = mig("1_x.sql", "-- Up Migration\nBEGIN; SELECT 1; END;\n")
+    with pytest.raises(MigrationError, match=r"1_x\.sql:2: BEGIN ends or starts a transaction"):
+        migration.validate("up")
+
+
+def test_transaction_control_in_the_down_section_is_an_error_too():
+    files = [mig("1_a.sql", "-- Up Migration\nSELECT 1;\n-- Down Migration\nDROP TABLE t;\nCOMMIT;\n")]
+    with pytest.raises(MigrationError, match=r"1_a\.sql:5: COMMIT"):
+        files[0].validate("down")
+
+
+@pytest.mark.parametrize("statement", [
+    "SAVEPOINT s; RELEASE SAVEPOINT s;", "SAVEPOINT s; ROLLBACK TO SAVEPOINT s;",
+    "SAVEPOINT s; ROLLBACK TO s;", "PREPARE q AS SELECT 1;",
+    "SELECT 'COMMIT;';", "-- COMMIT;\nSELECT 1;", "DO $$ BEGIN PERFORM 1; END $$;",
+    "CREATE TABLE begin_log (commit int);", "SELECT 1 AS \"commit\";",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
+])
+def test_savepoints_and_the_word_commit_elsewhere_are_fine(statement):
+    mig("1_x.sql", "-- Up Migration\n" + statement + "\n").validate("up")
+
+
+def test_transaction_control_is_allowed_outside_a_transaction():
+    mig("1_x.sql", "-- Up Migration\n-- pg-migrate: no-transaction\nCOMMIT;\nVACUUM t;\n").validate("up")
+
+
+# --- issue 10 item 7: an empty down section --------------------------------
+
+@pytest.mark.parametrize("down", ["", "\n\n", "-- nothing to undo\n", "/* later */\n;\n"])
+def test_down_section_without_a_statement_cannot_be_rolled_back(down):
+    files = [mig("1_a.sql", "-- Up Migration\nCREATE TABLE t ();\n\n-- Down Migration\n" + down)]
+    with pytest.raises(MigrationError, match=r"cannot roll back 1_a\.sql: .*holds no statement.*"
+                                             r"-- pg-migrate: down-noop"):
+        core.plan_down(files, ["1_a"])
+
+
+def test_the_file_create_writes_cannot_be_rolled_back_until_its_down_section_is_written(tmp_path):
+    path, _ = core.create_migration(str(tmp_path), "add-orders", now_ms=1760000000000)
+    files, _ = core.load_migrations(str(tmp_path))
+    with pytest.raises(MigrationError, match="holds no statement"):
+        core.plan_action("redo", files, [files[0].name])
+
+
+@pytest.mark.parametrize("down", [
+    "-- pg-migrate: down-noop\n", "  --PG-MIGRATE:down-noop\r\n", "SELECT 1;\n",
+])
+def test_down_noop_marker_or_a_statement_makes_the_down_section_reversible(down):
+    files = [mig("1_a.sql", "-- Up Migration\nCREATE TABLE t ();\n-- Down Migration\n" + down)]
+    assert core.plan_down(files, ["1_a"]) == files
+
+
+def test_down_noop_marker_inside_a_string_does_not_count():
+    files = [mig("1_a.sql", "-- Up Migration\nSELECT 1;\n-- Down Migration\n/*\n-- pg-migrate: down-noop\n*/\n")]
+    with pytest.raises(MigrationError, match="holds no statement"):
+        core.plan_down(files, ["1_a"])
+
+
+# --- issue 10 item 8: the no-transaction marker ----------------------------
+
+@pytest.mark.parametrize("text", [
+    "-- Up Migration\nSELECT '\n-- pg-migrate: no-transaction\n';\n",
+    "-- Up Migration\nSELECT $$\n-- pg-migrate: no-transaction\n$$;\n",
+    "-- Up Migration\n/*\n-- pg-migrate: no-transaction\n*/\nSELECT 1;\n",
+    "-- Up Migration\nSELECT \"x\n-- pg-migrate: no-transaction\n\" FROM t;\n",
+])
+def test_no_transaction_marker_inside_a_string_or_block_comment_is_not_a_marker(text):
+    assert mig("1_x.sql", text).transaction is True
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r", "\n"])
+def test_no_transaction_marker_is_found_with_any_line_ending(newline):
+    text = newline.join(["-- Up Migration", "-- pg-migrate: no-transaction",
+                         "CREATE INDEX CONCURRENTLY i ON t (c);", "-- Down Migration",
+                         "DROP INDEX CONCURRENTLY i;", ""])
+    assert mig("1_x.sql", text).transaction is False
 
 
 # --- create ---------------------------------------------------------------
@@ -364,7 +513,7 @@ def test_create_rejects_names_that_are_not_plain_words(bad):
 def test_create_writes_both_section_markers(tmp_path):
     path, _ = core.create_migration(str(tmp_path), "add-orders", now_ms=1760000000000)
     migration = core.parse_migration(os.path.basename(path), open(path, "rb").read())
-    assert migration.reversible and migration.section("up").startswith("-- Up Migration")
+    assert migration.down_span and migration.section("up").startswith("-- Up Migration")
 
 
 def test_create_never_overwrites_an_existing_file(tmp_path, monkeypatch):
