@@ -7,6 +7,8 @@ In the house order: check mode (nothing changes), real run (changes), re-run
 import json
 import pathlib
 import re
+import shutil
+import stat
 import subprocess
 import sys
 
@@ -175,3 +177,19 @@ def test_files_are_mirrored_on_the_docker_host_without_stale_extras(playbook, tm
              "postgres_migrations_host_dir=" + str(host_dir))
     assert sorted(p.name for p in host_dir.iterdir()) == sorted(FILES)
     assert tracked(scratch_db) == ALL
+
+
+def test_the_default_mirror_on_the_docker_host_is_root_only(playbook, scratch_db):
+    # Not a world-writable place such as /var/tmp, where a planted symlink
+    # would redirect the copy and the clean-up that run as root.
+    host_dir = pathlib.Path("/var/lib/social-selling/migrations") / scratch_db["dbname"]
+    try:
+        playbook("migrate_action=up", "postgres_migrations_copy_to_host=true")
+        for folder in (host_dir.parent, host_dir):
+            info = folder.lstat()
+            assert stat.S_ISDIR(info.st_mode) and info.st_uid == 0, folder
+            assert stat.S_IMODE(info.st_mode) == 0o700, (folder, oct(info.st_mode))
+        assert sorted(p.name for p in host_dir.iterdir()) == sorted(FILES)
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in host_dir.iterdir())
+    finally:
+        shutil.rmtree(host_dir, ignore_errors=True)
