@@ -20,7 +20,9 @@ import psycopg2
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SECRETS_DIR = ROOT / ".secrets"
+# Where the playbooks keep generated secrets (inventory/group_vars/all.yml:
+# DB_SECRETS_DIR, else .secrets/ at the repository root).
+SECRETS_DIR = pathlib.Path(os.environ.get("DB_SECRETS_DIR") or ROOT / ".secrets")
 # The pure-Python cores live in module_utils/; unit tests import them directly.
 sys.path.insert(0, str(ROOT / "module_utils"))
 
@@ -30,13 +32,14 @@ OWNER_ROLE = "social_selling_owner"
 CONTAINER = "social_selling_postgres"
 
 
-def _secret(env_name, file_name):
+def secret(env_name, file_name):
+    """A password as the playbooks resolve it: the environment variable, else the generated file."""
     value = os.environ.get(env_name)
     if value:
         return value
     path = SECRETS_DIR / file_name
     if not path.exists():
-        pytest.skip(f"{env_name} unset and {path} missing: provision first (make up)")
+        pytest.fail(f"{env_name} is unset and {path} is missing: provision first (make up)")
     return path.read_text().strip()
 
 
@@ -54,7 +57,7 @@ def admin_params():
     return dict(
         _server(),
         user=os.environ.get("PGTEST_ADMIN_USER", "postgres"),
-        password=_secret("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password"),
+        password=secret("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password"),
         dbname="postgres",
     )
 
@@ -63,14 +66,14 @@ def admin_params():
 def app_params():
     """Connection parameters of the application role in `social_selling`."""
     return dict(_server(), user=APP_ROLE, dbname=DB_NAME,
-                password=_secret("POSTGRES_PASSWORD", "postgres_app_password"))
+                password=secret("POSTGRES_PASSWORD", "postgres_app_password"))
 
 
 @pytest.fixture
 def owner_params():
     """Connection parameters of the schema owner role in `social_selling`."""
     return dict(_server(), user=OWNER_ROLE, dbname=DB_NAME,
-                password=_secret("POSTGRES_OWNER_PASSWORD", "postgres_owner_password"))
+                password=secret("POSTGRES_OWNER_PASSWORD", "postgres_owner_password"))
 
 
 @pytest.fixture

@@ -3,15 +3,17 @@
 The production tests converge the shared container with app_env=production
 (TLS required) and put it back to development afterwards.
 """
+import datetime
 import json
 import os
+import pathlib
 import subprocess
 import uuid
 
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, docker_exec, query, run_playbook
+from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, docker_exec, query, run_playbook, secret
 
 CONFIG_ROOT = "/etc/social-selling-postgres"
 CA_FILE = CONFIG_ROOT + "/ca.crt"
@@ -72,6 +74,46 @@ def test_changed_access_rules_reload_without_restart(admin_params):
     assert after == started
 
 
+def _hba_text():
+    return pathlib.Path(CONFIG_ROOT, "conf", "pg_hba.conf").read_text()
+
+
+@pytest.mark.parametrize("cidr", ["10.99.0.1/16", "10.99.0.0", "not-a-network/8"],
+                         ids=["host-bits", "no-prefix", "not-an-address"])
+def test_a_bad_client_network_fails_before_any_change(cidr):
+    before = _hba_text()
+    run = run_playbook("site.yml", "-e", json.dumps({"postgres_container_client_cidrs": ["10.20.0.0/16", cidr]}))
+    assert run.rc != 0 and run.changed == 0, run
+    assert f"postgres_container_client_cidrs has {cidr}, which is not a network in CIDR form" in \
+        " ".join(run.output.split()), run
+    assert _hba_text() == before
+
+
+def test_access_rules_the_server_rejects_are_put_back_and_not_reloaded(admin_params):
+    before = _hba_text()
+    # A role name with a space splits the line: the server reads "role" as the address.
+    extra = json.dumps({"postgres_container_client_roles": ["social_selling_user", "bad role"]})
+    run = run_playbook("site.yml", "-e", extra)
+    assert run.rc != 0, run
+    text = " ".join(run.output.split())
+    assert "the previous files were put back" in text and "pg_hba.conf line" in text, run
+    assert _hba_text() == before
+    with _connect(admin_params) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL")
+        assert cur.fetchone()[0] == 0
+
+
+def test_client_networks_never_cut_off_the_published_port():
+    # The project's own modules (migrations as the owner, health as the app
+    # role) come through 127.0.0.1, i.e. from the Docker network's gateway.
+    try:
+        run = run_playbook("site.yml", "-e", json.dumps({"postgres_container_client_cidrs": ["10.99.0.0/16"]}))
+        assert run.rc == 0, run
+        assert '{"status": "ok", "database": "up"}' in run.output
+    finally:
+        assert run_playbook("site.yml").rc == 0
+
+
 @pytest.fixture
 def other_ca_pair(tmp_path):
     """A certificate and a key that does not belong to it."""
@@ -112,16 +154,22 @@ def marked_user(app_params):
 
 def test_a_backup_holds_no_plain_row_and_restores_it(tmp_path, app_params, marked_user):
     folder = tmp_path / "backups"
-    run = run_playbook("playbooks/backup.yml", "-e", f"postgres_backup_dir={folder}")
+    run = run_playbook("playbooks/backup.yml", "-vvv", "-e", f"postgres_backup_dir={folder}")
     assert run.rc == 0 and "encrypted with age" in run.output, run
     [dump] = folder.glob("social_selling-*.dump")
     content = dump.read_bytes()
     assert content.startswith(b"age-encryption.org/v1\n")
     assert marked_user.encode() not in content
     query(app_params, "DELETE FROM users WHERE name = %s", (marked_user,))
-    restored = run_playbook("playbooks/restore.yml", "-e", f"postgres_backup_dir={folder}",
+    restored = run_playbook("playbooks/restore.yml", "-vvv", "-e", f"postgres_backup_dir={folder}",
                             "-e", f"restore_backup={dump.name}", "-e", "rollback_confirm=social_selling")
     assert restored.rc == 0, restored
+    # Not one line of the age identity in either run's -vvv output (it travels on stdin only).
+    identity = secret("POSTGRES_BACKUP_IDENTITY", "backup_age_identity")
+    secret_lines = [line.strip() for line in identity.splitlines() if line.strip() and not line.startswith("#")]
+    assert secret_lines
+    for line in secret_lines:
+        assert line not in run.output and line not in restored.output
     assert query(app_params, "SELECT email FROM users WHERE name = %s", (marked_user,)) == [
         (marked_user + "@example.test",)]
 
@@ -197,3 +245,40 @@ def test_server_key_belongs_to_the_server_user_only(production):
                             "/etc/social-selling-postgres/server.key"], capture_output=True, text=True, check=True)
     assert owner.stdout.split() == ["postgres", "600"]
 
+
+
+def _not_after(pem_path=None, served=False):
+    """The notAfter date of the server certificate on disk, or of the one the server presents."""
+    if served:
+        pem = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect", "127.0.0.1:5432"],
+                             input="", capture_output=True, text=True, timeout=30).stdout
+    else:
+        pem = pathlib.Path(pem_path).read_text()
+    out = subprocess.run(["openssl", "x509", "-noout", "-enddate"], input=pem, capture_output=True, text=True,
+                         check=True).stdout
+    return datetime.datetime.strptime(out.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
+
+
+def test_a_certificate_about_to_expire_is_renewed_and_reloaded_without_restart(production, admin_params):
+    server_crt = CONFIG_ROOT + "/conf/server.crt"
+    os.remove(server_crt)
+    short = run_playbook("site.yml", "-e", "app_env=production", "-e", "postgres_container_ssl_valid_days=20",
+                         "-e", "postgres_container_ssl_renew_days=5")
+    assert short.rc == 0, short
+    soon = datetime.datetime.utcnow() + datetime.timedelta(days=21)
+    assert _not_after(server_crt) < soon and _not_after(served=True) < soon
+    before = container_id()
+    with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_postmaster_start_time()")
+        started = cur.fetchone()[0]
+
+    renewed = run_playbook("site.yml", "-e", "app_env=production")
+    assert renewed.rc == 0 and renewed.changed >= 1, renewed
+    later = datetime.datetime.utcnow() + datetime.timedelta(days=800)
+    assert _not_after(server_crt) > later and _not_after(served=True) > later
+    with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_postmaster_start_time()")
+        assert cur.fetchone()[0] == started
+    assert container_id() == before
+    again = run_playbook("site.yml", "-e", "app_env=production")
+    assert again.rc == 0 and again.changed == 0, again

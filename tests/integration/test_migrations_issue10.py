@@ -4,7 +4,6 @@ Each test failed on the engine before the fix (see the commit that added it).
 """
 import uuid
 
-import psycopg2
 import pytest
 
 import pg_migrate_core as core

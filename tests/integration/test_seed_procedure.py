@@ -8,14 +8,13 @@ fixture, which re-applies `up` at the end to restore the state it found.
 Skipped when the container is not running, and when the users table holds
 real data (step 7 drops it).
 """
-import os
 import pathlib
 import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import docker_exec, playbook_env
+from conftest import docker_exec, playbook_env, secret
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -55,10 +54,7 @@ def migrate(action):
 @pytest.fixture(scope="module")
 def psql():
     """`docker exec social_selling_postgres psql -U social_selling_user -d social_selling -c SQL`."""
-    password = os.environ.get("POSTGRES_PASSWORD")
-    secret = ROOT / ".secrets" / "postgres_app_password"
-    if not password and secret.exists():
-        password = secret.read_text().strip()
+    password = secret("POSTGRES_PASSWORD", "postgres_app_password")
 
     def run(sql, user="social_selling_user"):
         completed = docker_exec(CONTAINER, "psql", "-U", user, "-d", "social_selling", "-v", "ON_ERROR_STOP=1",
