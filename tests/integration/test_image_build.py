@@ -1,0 +1,201 @@
+"""Issue 10 item 16: the image built from Debian's packages gets security updates.
+
+Real builds with the postgres_image role alone (tests/integration/image_only.yml),
+under the repository `wt-image/postgres` and a build folder of their own, so
+the image and the build folder of the provisioned database are never touched.
+Two full builds in all (about a minute each): the module's first build and
+one refresh; the other runs build nothing or fail before the network.
+"""
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import docker, run_playbook
+
+pytestmark = pytest.mark.slow
+
+REPOSITORY = "wt-image/postgres"
+BUILD_DIR = pathlib.Path("/var/cache/wt-image/pytest-image-build")
+PLAYBOOK = "tests/integration/image_only.yml"
+REPORT = re.compile(r"postgres_image: package lists from (\S+), (\d+) days old \((\S+)\)")
+
+
+def run_role(**extra_vars):
+    """Apply the role alone: always the built image, under this module's names."""
+    variables = {"postgres_image_build": "always", "postgres_image_build_repository": REPOSITORY,
+                 "postgres_image_build_dir": str(BUILD_DIR), **extra_vars}
+    return run_playbook(PLAYBOOK, "-e", json.dumps(variables))
+
+
+def report(run):
+    """(packages date, age in days, image ref) from the role's debug line."""
+    match = REPORT.search(run.output)
+    assert match, run
+    return match.group(1), int(match.group(2)), match.group(3)
+
+
+def image_id(ref):
+    return docker("image", "inspect", "--format", "{{.Id}}", ref).strip()
+
+
+def labels(ref):
+    return json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", ref))
+
+
+def rootfs_archives():
+    return sorted(p.name for p in BUILD_DIR.glob("rootfs-*.tar"))
+
+
+def versions_by_suite(policy):
+    """{suite: [versions]} from `apt-cache policy PACKAGE` output, newest first."""
+    suites, version = {}, None
+    for line in policy.splitlines():
+        entry = re.match(r"^ [ *]{3} (\S+) -?\d+$", line)
+        source = re.match(r"^\s+-?\d+ \S+ ([^/\s]+)/", line)
+        if entry:
+            version = entry.group(1)
+        elif source and version:
+            suites.setdefault(source.group(1), []).append(version)
+    return suites
+
+
+def version_ge(left, right):
+    return subprocess.run(["dpkg", "--compare-versions", left, "ge", right], check=False).returncode == 0
+
+
+def in_image(ref, script, network="none"):
+    return docker("run", "--rm", "--network", network, "--entrypoint", "bash", ref, "-c", script)
+
+
+@pytest.fixture(scope="module")
+def build():
+    """One fresh build for the module (a refresh, so an image left by an earlier session is not reused)."""
+    shutil.rmtree(BUILD_DIR, ignore_errors=True)
+    run = run_role(postgres_image_refresh=True)
+    assert run.rc == 0, run
+    date, age, ref = report(run)
+    state = {"run": run, "date": date, "age": age, "ref": ref, "id": image_id(ref), "replaced": []}
+    yield state
+    # Images this module's refreshes left untagged; the last one stays for the next session.
+    for old in state["replaced"]:
+        docker("image", "rm", old, check=False)
+    shutil.rmtree(BUILD_DIR, ignore_errors=True)
+
+
+def test_the_image_is_tagged_in_its_own_repository_and_labelled_with_the_date_of_its_package_lists(build):
+    assert build["ref"].startswith(REPOSITORY + ":15-bookworm-"), build["run"]
+    assert build["age"] == 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", build["date"])
+    image_labels = labels(build["ref"])
+    assert image_labels["social-selling.packages-date"] == build["date"]
+    assert image_labels["org.opencontainers.image.created"] == build["date"]
+
+
+def test_the_root_filesystem_has_the_updates_and_security_suites_all_signature_checked(build):
+    sources = in_image(build["ref"], "cat /etc/apt/sources.list; ls /etc/apt/sources.list.d")
+    suites = re.findall(r"^deb \[signed-by=(\S+)\] (\S+) (\S+) main$", sources, re.M)
+    assert [(mirror, suite) for _, mirror, suite in suites] == [
+        ("http://deb.debian.org/debian", "bookworm"),
+        ("http://deb.debian.org/debian", "bookworm-updates"),
+        ("http://deb.debian.org/debian-security", "bookworm-security"),
+    ], sources
+    keyring = {key for key, _, _ in suites}
+    assert keyring == {"/etc/apt/keyrings/postgres-image-archive.gpg"}
+    assert "trusted=yes" not in sources and "allow-insecure" not in sources
+    # The keyring in the image is the one debootstrap verified with.
+    assert in_image(build["ref"], "sha256sum < /etc/apt/keyrings/postgres-image-archive.gpg").split()[0] == \
+        subprocess.run(["sha256sum", "/usr/share/keyrings/debian-archive-keyring.gpg"],
+                       capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def test_every_package_is_at_the_newest_version_its_suites_offer(build):
+    # Fresh lists, fetched inside a throwaway container, with the image's own signature checks.
+    out = in_image(build["ref"], "set -e; apt-get update -qq; apt-cache policy postgresql-15;"
+                                 " echo UPGRADABLE; apt list --upgradable 2>/dev/null | tail -n +2", network="host")
+    policy, upgradable = out.split("UPGRADABLE")
+    installed = re.search(r"Installed: (\S+)", policy).group(1)
+    candidate = re.search(r"Candidate: (\S+)", policy).group(1)
+    assert installed == candidate, policy
+    assert upgradable.strip() == "", upgradable
+    # Debian 12 ships point and security releases of PostgreSQL through -security:
+    # the installed version is at least the newest bookworm-security offers.
+    security = versions_by_suite(policy).get("bookworm-security")
+    assert security, policy
+    assert version_ge(installed, security[0]), policy
+
+
+def test_the_installed_server_is_at_least_the_newest_the_host_knows_of(build):
+    installed = in_image(build["ref"], "dpkg-query -W -f '${Version}' postgresql-15")
+    policy = subprocess.run(["apt-cache", "policy", "postgresql-15"], capture_output=True, text=True, check=False).stdout
+    suites = versions_by_suite(policy)
+    known = [v for suite in ("bookworm", "bookworm-updates", "bookworm-security") for v in suites.get(suite, [])]
+    if not known:
+        pytest.skip("the host has no bookworm package lists")
+    assert all(version_ge(installed, version) for version in known), (installed, policy)
+
+
+def test_a_second_run_changes_nothing_and_reaches_no_mirror(build):
+    # Mirrors nobody listens on and a keyring that does not exist: any build step would fail.
+    run = run_role(postgres_image_debian_mirror="http://127.0.0.1:9/debian",
+                   postgres_image_debian_security_mirror="http://127.0.0.1:9/debian-security",
+                   postgres_image_debian_keyring="/nonexistent/keyring.gpg")
+    assert run.rc == 0 and run.changed == 0, run
+    assert "Debootstrap" not in run.output, run
+    assert report(run) == (build["date"], 0, build["ref"])
+    assert image_id(build["ref"]) == build["id"]
+
+
+def test_the_refresh_variable_rebuilds_from_fresh_lists_under_the_same_tag(build):
+    before = rootfs_archives()
+    assert len(before) == 1, before
+    # As a user passes it on the command line: a string.
+    run = run_playbook(PLAYBOOK, "-e", json.dumps({"postgres_image_build": "always",
+                                                   "postgres_image_build_repository": REPOSITORY,
+                                                   "postgres_image_build_dir": str(BUILD_DIR)}),
+                       "-e", "postgres_image_refresh=true")
+    assert run.rc == 0 and run.changed > 0, run
+    date, age, ref = report(run)
+    assert ref == build["ref"] and age == 0
+    assert date > build["date"], (date, build["date"])
+    new_id = image_id(ref)
+    assert new_id != build["id"]
+    assert labels(ref)["social-selling.packages-date"] == date
+    # The earlier archive is gone: one archive per build folder, whatever the number of refreshes.
+    after = rootfs_archives()
+    assert len(after) == 1 and after != before, (before, after)
+    assert after[0].endswith(date.replace("-", "").replace(":", "") + ".tar")
+    build["replaced"].append(build["id"])
+    build.update(date=date, id=new_id)
+
+
+@pytest.fixture
+def empty_keyring(tmp_path):
+    path = tmp_path / "empty.gpg"
+    path.write_bytes(b"")
+    return str(path)
+
+
+@pytest.mark.parametrize("keyring", ["/usr/share/keyrings/debian-archive-removed-keys.gpg", "empty"],
+                         ids=["keyring without the archive's key", "empty keyring"])
+def test_a_bad_signature_fails_loudly_keeps_the_log_and_the_image(build, keyring, empty_keyring):
+    keyring = empty_keyring if keyring == "empty" else keyring
+    tars = rootfs_archives()
+    run = run_role(postgres_image_refresh=True, postgres_image_debian_keyring=keyring)
+    assert run.rc != 0, run
+    match = re.search(r"the full log is kept in (\S+\.failed\.log)\.", run.output)
+    assert match, run
+    log = pathlib.Path(match.group(1))
+    assert log.parent == BUILD_DIR and log.is_file(), run
+    assert f"The root filesystem of {build['ref']} could not be built" in run.output
+    assert "debootstrap of bookworm" in run.output and keyring in run.output
+    # The reason is in the error and in the log kept.
+    reason = "E: Release signed by unknown key" if "removed" in keyring else "E: "
+    assert reason in run.output and reason in log.read_text(), log.read_text()
+    # Nothing else changed: the image and the archive from the last good build stay.
+    assert image_id(build["ref"]) == build["id"]
+    assert rootfs_archives() == tars
+    assert not list(BUILD_DIR.glob("*.partial*")), list(BUILD_DIR.iterdir())
