@@ -10,7 +10,9 @@ import json
 import pathlib
 import re
 import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -21,7 +23,8 @@ pytestmark = pytest.mark.slow
 REPOSITORY = "wt-image/postgres"
 BUILD_DIR = pathlib.Path("/var/cache/wt-image/pytest-image-build")
 PLAYBOOK = "tests/integration/image_only.yml"
-REPORT = re.compile(r"postgres_image: package lists from (\S+), (\d+) days old \((\S+)\)")
+# The YAML callback may wrap the message at any space.
+REPORT = re.compile(r"postgres_image:\s+package\s+lists\s+from\s+(\S+),\s+(\d+)\s+days\s+old\s+\((\S+)\)")
 
 
 def run_role(**extra_vars):
@@ -75,10 +78,13 @@ def in_image(ref, script, network="none"):
 def build():
     """One fresh build for the module (a refresh, so an image left by an earlier session is not reused)."""
     shutil.rmtree(BUILD_DIR, ignore_errors=True)
+    earlier = docker("image", "ls", "--quiet", "--no-trunc", REPOSITORY).split()
     run = run_role(postgres_image_refresh=True)
     assert run.rc == 0, run
     date, age, ref = report(run)
     state = {"run": run, "date": date, "age": age, "ref": ref, "id": image_id(ref), "replaced": []}
+    # A build of an earlier session that this refresh left untagged.
+    state["replaced"] += [i for i in earlier if docker("image", "inspect", "--format", "{{.RepoTags}}", i).strip() == "[]"]
     yield state
     # Images this module's refreshes left untagged; the last one stays for the next session.
     for old in state["replaced"]:
@@ -199,3 +205,106 @@ def test_a_bad_signature_fails_loudly_keeps_the_log_and_the_image(build, keyring
     assert image_id(build["ref"]) == build["id"]
     assert rootfs_archives() == tars
     assert not list(BUILD_DIR.glob("*.partial*")), list(BUILD_DIR.iterdir())
+
+
+# Pinning by digest. Docker sets RepoDigests only on a push or a pull, and no
+# public registry is reachable here: Debian's `docker-registry` serves one on
+# the loopback for the duration of these tests.
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A registry on 127.0.0.1 (Docker trusts the loopback without TLS); yields its host:port."""
+    binary = shutil.which("docker-registry")
+    if not binary:
+        pytest.skip("docker-registry (Debian package) is not installed: no local registry to pin digests from")
+    root = tmp_path_factory.mktemp("registry")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = root / "config.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    server = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline and server.poll() is None, "the local registry did not start"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def pushed_image(registry):
+    """A tiny image pushed to the local registry; yields (name, digest reference, image id)."""
+    local = f"{REPOSITORY}:digest-probe"
+    name = f"{registry}/{REPOSITORY}:15"
+    subprocess.run(["docker", "import", "--message", "digest probe", "-", local],
+                   input=subprocess.run(["tar", "-c", "-T", "/dev/null"], capture_output=True, check=True).stdout,
+                   capture_output=True, check=True)
+    docker("tag", local, name)
+    docker("push", "--quiet", name)
+    digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", name))
+    assert len(digests) == 1 and digests[0].startswith(f"{registry}/{REPOSITORY}@sha256:"), digests
+    try:
+        yield name, digests[0], image_id(name)
+    finally:
+        docker("image", "rm", name, local, check=False)
+
+
+def resolved_ref(run):
+    match = re.search(r"postgres_image_ref=(\S+)", run.output)
+    assert match, run
+    return match.group(1)
+
+
+PIN_PLAYBOOK = """---
+- name: Resolve the image only
+  hosts: docker_hosts
+  gather_facts: false
+  tasks:
+    - name: Run the role's resolution and report
+      ansible.builtin.include_role:
+        name: postgres_image
+    - name: Show the reference
+      ansible.builtin.debug:
+        msg: postgres_image_ref={{ postgres_image_ref }}
+"""
+
+
+@pytest.mark.parametrize("mode, refresh", [("never", False), ("auto", True)],
+                         ids=["present image", "pulled again by a refresh"])
+def test_a_registry_image_is_pinned_by_its_digest(pushed_image, mode, refresh, tmp_path):
+    name, digest_ref, image = pushed_image
+    playbook = tmp_path / "pin.yml"
+    playbook.write_text(PIN_PLAYBOOK)
+    run = run_playbook(str(playbook), "-e", json.dumps({
+        "postgres_image_name": name, "postgres_image_build": mode, "postgres_image_refresh": refresh,
+        "postgres_image_build_repository": REPOSITORY, "postgres_image_build_dir": str(BUILD_DIR)}))
+    assert run.rc == 0, run
+    assert resolved_ref(run) == digest_ref
+    # The reference names the same image, and the age report reads it.
+    assert image_id(digest_ref) == image
+    assert report(run)[2] == digest_ref
+    assert "Debootstrap" not in run.output
+    if refresh:
+        assert "Try to pull the image" in run.output and run.changed == 0, run
+
+
+def test_an_image_without_a_digest_is_used_by_its_name(tmp_path):
+    local = f"{REPOSITORY}:no-digest-probe"
+    subprocess.run(["docker", "import", "-", local],
+                   input=subprocess.run(["tar", "-c", "-T", "/dev/null"], capture_output=True, check=True).stdout,
+                   capture_output=True, check=True)
+    try:
+        playbook = tmp_path / "pin.yml"
+        playbook.write_text(PIN_PLAYBOOK)
+        run = run_playbook(str(playbook), "-e", json.dumps({
+            "postgres_image_name": local, "postgres_image_build": "never",
+            "postgres_image_build_repository": REPOSITORY, "postgres_image_build_dir": str(BUILD_DIR)}))
+        assert run.rc == 0, run
+        assert resolved_ref(run) == local
+    finally:
+        docker("image", "rm", local, check=False)
