@@ -4,7 +4,10 @@ Real builds with the postgres_image role alone (tests/integration/image_only.yml
 under the repository `wt-image/postgres` and a build folder of their own, so
 the image and the build folder of the provisioned database are never touched.
 Two full builds in all (about a minute each): the module's first build and
-one refresh; the other runs build nothing or fail before the network.
+one refresh; one more debootstrap (about 45 s) for the unreachable security
+mirror; the other runs build nothing or fail at the first signature check.
+The digest tests push a tiny image to a registry on the loopback (Debian's
+`docker-registry`; skipped when it is not installed).
 """
 import json
 import pathlib
@@ -308,3 +311,16 @@ def test_an_image_without_a_digest_is_used_by_its_name(tmp_path):
         assert resolved_ref(run) == local
     finally:
         docker("image", "rm", local, check=False)
+
+
+def test_a_security_suite_that_cannot_be_fetched_fails_the_build_instead_of_being_left_out(build):
+    # apt-get update exits 0 when some lists fail to download: the build must not.
+    tars = rootfs_archives()
+    run = run_role(postgres_image_refresh=True, postgres_image_debian_security_mirror="http://127.0.0.1:9/debian-security")
+    assert run.rc != 0, run
+    assert "bookworm-security" in run.output and ".failed.log" in run.output, run
+    log = next(BUILD_DIR.glob("rootfs-*.failed.log"))
+    assert "127.0.0.1:9" in log.read_text()
+    assert image_id(build["ref"]) == build["id"]
+    assert rootfs_archives() == tars
+    assert not list(BUILD_DIR.glob("*.partial*")), list(BUILD_DIR.iterdir())
