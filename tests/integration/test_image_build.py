@@ -158,6 +158,14 @@ def test_a_second_run_changes_nothing_and_reaches_no_mirror(build):
     assert image_id(build["ref"]) == build["id"]
 
 
+def test_package_lists_older_than_allowed_bring_a_warning_but_no_rebuild(build):
+    run = run_role(postgres_image_max_age_days=-1)
+    assert run.rc == 0 and run.changed == 0, run
+    assert re.search(r"WARNING:\s+the\s+package\s+lists\s+of\s+" + re.escape(build["ref"]), run.output), run
+    assert "postgres_image_refresh=true" in run.output
+    assert "WARNING: the package lists" not in run_role().output
+
+
 def test_the_refresh_variable_rebuilds_from_fresh_lists_under_the_same_tag(build):
     before = rootfs_archives()
     assert len(before) == 1, before
