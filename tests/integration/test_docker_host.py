@@ -40,8 +40,8 @@ def stop_dockerd():
 def restarted():
     """dockerd stopped, then started by site.yml with secrets in the run's environment."""
     marker = "secret-marker-" + uuid.uuid4().hex
-    LOG.write_bytes(b"x" * 2048)  # an old log past the size limit below
     stop_dockerd()
+    LOG.write_bytes(b"x" * 2048)  # an old log past the size limit below
     run = run_playbook("site.yml", "-e", "docker_host_dockerd_log_max_bytes=1024",
                        env={"POSTGRES_BACKUP_IDENTITY": marker, "SOME_API_TOKEN": marker})
     try:
@@ -68,7 +68,8 @@ def test_dockerd_inherits_nothing_of_the_run_environment(restarted):
 
 
 def test_the_old_log_is_rotated_at_start(restarted):
-    assert pathlib.Path(str(LOG) + ".1").read_bytes() == b"x" * 2048
+    # containerd-shims of the stopped engine may still append a few lines after the x's.
+    assert pathlib.Path(str(LOG) + ".1").read_bytes().startswith(b"x" * 2048)
     assert LOG.exists() and LOG.stat().st_size < 2048
 
 
