@@ -106,5 +106,5 @@ def missing_library_message(library, reason=None):
     from ansible.module_utils.basic import missing_required_lib
 
     package = PACKAGES.get(library, library)
-    name = library if package == library else "%s (pip package %s)" % (library, package)
+    name = library if package == library else "%s, pip package %s" % (library, package)
     return missing_required_lib(name, reason=reason)
