@@ -605,7 +605,8 @@ def probe_health(params, connect_timeout_ms, extensions=DEFAULT_EXTENSIONS,
         except (DeadlineExceeded, psycopg2.Error, OSError) as exc:
             # Async libpq messages lack the address: say where it failed.
             raise PgHealthError("connection to %s port %s as %s failed: %s"
-                                % (params.get("host"), params.get("port"), params.get("user"),
+                                % (params.get("host") or "(default socket)", params.get("port"),
+                                   params.get("user"),
                                    _strip_prefix(first_line(exc))))
         connected = clock()
         result["latency_ms"]["connect"] = _ms(connected - started)

@@ -485,3 +485,12 @@ def test_module_defaults_pass_validation():
 def test_module_has_no_default_role_database_or_password(option):
     spec = _module_argument_spec()[option]
     assert spec.get("required") is True and spec.get("default") is None
+
+
+@pytest.mark.parametrize("host, shown", [("", "(default socket)"),
+                                         ("/nonexistent-socket-dir", "/nonexistent-socket-dir")])
+def test_socket_host_that_nothing_listens_on_is_reported_down_naming_it(host, shown):
+    result = core.run_checks(dict(VALID, login_host=host, login_port=1, login_user="u",
+                                  login_db="d", login_password="p", connect_timeout_ms=500))
+    assert result["is_available"] is False and result["health"] == core.HEALTH_DOWN
+    assert result["reason"].startswith("connection to %s port 1 as u failed: " % shown)
