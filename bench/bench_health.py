@@ -13,7 +13,7 @@ Measured in the same run, against the same server, as the application role:
 * module health probe      (the module's own work, in-process: connect, SELECT 1,
                             version/extensions/settings; target < 50 ms)
 * module full check        (health + headroom + 20-connection pool check with the
-                            app's settings, idle check at 250 ms; target < 1.5 s)
+                            app's settings; target < 1.5 s)
 * ansible -m pg_health     (optional: the health probe end to end through Ansible,
                             to show what Ansible's start-up adds)
 
@@ -37,6 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "module_utils"))
 
 import pg_health_core as core  # noqa: E402
+from pg_connection import connection_params  # noqa: E402
 
 APP_POOL = dict(pool_min=2, pool_max=20, pool_idle_timeout_ms=30000,
                 connect_timeout_ms=2000, app_instances=2)
@@ -89,7 +90,7 @@ def main():
         parser.error("--runs must be at least 1 and --ansible-runs at least 0")
 
     opts = app_options()
-    params = core.connection_params(opts)
+    params = connection_params(opts)
     env = dict(os.environ, PGPASSWORD=opts["login_password"], PGCONNECT_TIMEOUT="2")
     target = ["-h", opts["login_host"], "-p", str(opts["login_port"]),
               "-U", opts["login_user"], "-d", opts["login_db"]]
@@ -125,6 +126,7 @@ def main():
             vars_file.chmod(0o600)
             module_args = json.dumps(dict(
                 login_host=opts["login_host"], login_port=opts["login_port"],
+                login_db=opts["login_db"], login_user=opts["login_user"],
                 login_password="{{ bench_password }}", pool_check=False))
             cmd = [str(pathlib.Path(sys.executable).parent / "ansible"), "localhost",
                    "-m", "pg_health", "-a", module_args, "-e", "@%s" % vars_file]

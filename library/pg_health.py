@@ -25,42 +25,32 @@ description:
     With O(pool_check=true), runs a real pool configured as the app's (min, max, idle
     timeout, connect timeout): opens min, grows to max with all connections held at once,
     reads C(pg_stat_activity) to see them under the role and the C(application_name) the
-    module sets, checks that one more request waits and is refused, then lets idle
-    connections be closed and reads C(pg_stat_activity) again. It reports connect and
-    query latency (p50, p95, max).
+    module sets, and runs C(SELECT 1) on each. It reports connect and query latency
+    (p50, p95, max).
+  - >-
+    How the module's pool class waits then refuses a request beyond max, and closes idle
+    connections down to min, does not depend on the server: its unit tests check that, so a
+    deploy does not spend the idle timeout on it.
   - >-
     Like M(community.postgresql.postgresql_ping), the module never fails because the
     database is down; it reports and the playbook decides (C(failed_when)), unless
     O(fail_on_down=true). It is read-only and runs in check mode too.
 version_added: "1.0.0"
+extends_documentation_fragment:
+  - postgres_connection
 options:
-  login_host:
-    description:
-      - Host to connect to, as the Docker host reaches the published port.
-      - An address avoids a name lookup; a name is resolved within the connect timeout.
-    type: str
-    default: 127.0.0.1
-  login_port:
-    description: Port to connect to, 1 to 65535.
-    type: int
-    default: 5432
-  login_db:
-    description: Database the application uses.
-    type: str
-    default: social_selling
   login_user:
-    description: Application role the app's pool logs in as.
-    type: str
-    default: social_selling_user
-  login_password:
-    description: Password of O(login_user). Never printed (C(no_log)).
-    type: str
+    description:
+      - Application role the app's pool logs in as; no default, so the check never runs as
+        another role by mistake.
     required: true
-  ssl_mode:
-    description: libpq C(sslmode) of every connection.
-    type: str
-    default: prefer
-    choices: [disable, allow, prefer, require, verify-ca, verify-full]
+    default: null
+  login_password:
+    description: Password of O(login_user), as the app logs in with it. Never printed (C(no_log)).
+    required: true
+  login_db:
+    description: Database the application uses; no default.
+    required: true
   connect_timeout_ms:
     description:
       - >-
@@ -89,17 +79,12 @@ options:
     type: int
     default: 20
   pool_idle_timeout_ms:
-    description: The app's C(idleTimeoutMillis), 1 to 86400000.
-    type: int
-    default: 30000
-  idle_check_timeout_ms:
     description:
       - >-
-        Idle timeout the pool check uses to observe reaping, 1 to O(pool_idle_timeout_ms).
-        Shorter than the app's so the check does not wait 30 s; the result says so
-        (RV(pool.idle_timeout_shortened), RV(pool.note)).
-      - Default is the smaller of 250 and O(pool_idle_timeout_ms).
+        The app's C(idleTimeoutMillis), 1 to 86400000. The pool check's pool is configured with
+        it and reports it (RV(pool.idle_timeout_ms)); reaping itself is checked by unit tests.
     type: int
+    default: 30000
   app_instances:
     description: How many app instances, each with its own pool, share the server; 1 to 1000.
     type: int
@@ -117,7 +102,6 @@ options:
     type: bool
     default: false
 notes:
-  - Requires psycopg2 (psycopg2-binary) on the host that runs the module.
   - >-
     The pool check holds O(pool_max) connections of the role for a fraction of a second;
     on a server already near its limits, run it with O(pool_check=false).
@@ -147,6 +131,8 @@ EXAMPLES = r'''
 
 - name: Only probe health (one connection), failing directly when down
   pg_health:
+    login_db: social_selling
+    login_user: social_selling_user
     login_password: "{{ db_app_password }}"
     pool_check: false
     fail_on_down: true
@@ -217,7 +203,9 @@ query_logging:
 headroom:
   description:
     - >-
-      Connection limits against C(required) = O(pool_max) x O(app_instances). C(limits.server)
+      Connection limits against C(required) = O(pool_max) x O(app_instances), every app pool at
+      its maximum with no margin added (sizing margins for other clients is the deployment's
+      job). C(limits.server)
       is C(max_connections) minus C(superuser_reserved_connections) and C(reserved_connections)
       (absent before PostgreSQL 16); C(limits.role) is C(pg_roles.rolconnlimit),
       C(limits.database) is C(pg_database.datconnlimit) (null limit = unlimited).
@@ -233,20 +221,23 @@ pool:
   description:
     - >-
       Result of the pool check (C({"skipped": true}) with O(pool_check=false)). C(checks) holds one
-      boolean per property (opens min at start, grows to max, opens within connect timeout,
-      waits then refuses beyond max, closes idle connections); C(ok) is true when all hold.
+      boolean per property (opens min at start, grows to max, opens within connect timeout);
+      C(ok) is true when all hold and C(errors) is empty.
     - >-
-      C(server_*) counts come from C(pg_stat_activity); C(idle_timeout_checked_ms) is the idle
-      timeout used and C(idle_timeout_shortened)/C(note) say when it is not the app's.
+      C(server_*) counts come from C(pg_stat_activity); C(idle_timeout_ms) is O(pool_idle_timeout_ms),
+      the pool's configured idle timeout (reaping is not observed at deploy time).
     - C(latency_ms.connect) and C(latency_ms.query) give count, p50, p95 and max in ms.
   returned: when up
   type: dict
-  sample: {"ok": true, "min": 2, "max": 20, "reached": 20, "server_connections_at_peak": 20,
-           "server_roles_at_peak": {"social_selling_user": 20}, "idle_closed": 18,
-           "server_connections_after_idle": 2, "idle_timeout_shortened": true,
+  sample: {"ok": true, "min": 2, "max": 20, "opened_at_start": 2, "server_connections_at_start": 2,
+           "reached": 20, "server_connections_at_peak": 20,
+           "server_roles_at_peak": {"social_selling_user": 20}, "idle_timeout_ms": 30000,
+           "all_opened_within_connect_timeout": true, "errors": [],
+           "checks": {"opens min at start": true, "grows to max": true,
+                      "opens within connect timeout": true},
            "latency_ms": {"connect": {"count": 20, "p50": 7.5, "p95": 10.7, "max": 11.9},
                           "query": {"count": 20, "p50": 0.25, "p95": 0.33, "max": 1.4}},
-           "duration_ms": 551.5}
+           "duration_ms": 151.5}
 problems:
   description: What would stop the database serving the app pool, in words (missing extensions,
     short limits, failed pool checks); empty when all is well or when down.
@@ -265,9 +256,13 @@ import os
 import sys
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 try:
+    from ansible.module_utils.pg_connection import (
+        connection_argument_spec,
+        missing_library_message,
+    )
     from ansible.module_utils.pg_health_core import (
         DEFAULT_EXTENSIONS,
         HAS_PSYCOPG2,
@@ -280,6 +275,10 @@ except ImportError:
     # args rule, unit tests): Ansible ships module_utils/ with the module.
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     os.pardir, 'module_utils'))
+    from pg_connection import (  # noqa: E402
+        connection_argument_spec,
+        missing_library_message,
+    )
     from pg_health_core import (  # noqa: E402
         DEFAULT_EXTENSIONS,
         HAS_PSYCOPG2,
@@ -290,32 +289,36 @@ except ImportError:
 
 
 def argument_spec():
-    """The module's options; ranges are checked by `validate_options`."""
-    return dict(
-        login_host=dict(type='str', default='127.0.0.1'),
-        login_port=dict(type='int', default=5432),
-        login_db=dict(type='str', default='social_selling'),
-        login_user=dict(type='str', default='social_selling_user'),
-        login_password=dict(type='str', required=True, no_log=True),
-        ssl_mode=dict(type='str', default='prefer',
-                      choices=['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']),
+    """The connection options (module_utils/pg_connection.py) and the module's own.
+
+    The connect timeout is the module's own O(connect_timeout_ms): it bounds
+    every connect, query and pool wait in milliseconds, which libpq's
+    whole-second C(connect_timeout) cannot. The role, its password and the
+    database have no default: the playbook names the app's.
+    Ranges are checked by `validate_options`.
+    """
+    spec = connection_argument_spec(connect_timeout=False)
+    spec['login_user'] = dict(type='str', required=True)
+    spec['login_password'] = dict(type='str', required=True, no_log=True)
+    spec['login_db'] = dict(spec['login_db'], required=True)
+    spec.update(
         connect_timeout_ms=dict(type='int', default=2000),
         extensions=dict(type='list', elements='str', default=list(DEFAULT_EXTENSIONS)),
         pool_check=dict(type='bool', default=True),
         pool_min=dict(type='int', default=2),
         pool_max=dict(type='int', default=20),
         pool_idle_timeout_ms=dict(type='int', default=30000),
-        idle_check_timeout_ms=dict(type='int'),
         app_instances=dict(type='int', default=2),
         application_name=dict(type='str', default='pg_health'),
         fail_on_down=dict(type='bool', default=False),
     )
+    return spec
 
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib('psycopg2-binary'),
+        module.fail_json(msg=missing_library_message('psycopg2'),
                          exception=PSYCOPG2_IMPORT_ERROR)
 
     errors = validate_options(module.params)

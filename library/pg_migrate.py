@@ -45,6 +45,9 @@ description:
 version_added: "1.0.0"
 author:
   - Social Selling infrastructure team
+extends_documentation_fragment:
+  - postgres_connection
+  - postgres_connection.connect_timeout
 options:
   action:
     description:
@@ -113,44 +116,16 @@ options:
     description: Name of node-pg-migrate's tracking table; the checksums go to C(<migrations_table>_checksums).
     type: str
     default: pgmigrations
-  login_host:
-    description: Host of the PostgreSQL server; empty for the default Unix socket.
-    type: str
-    default: localhost
-  login_port:
-    description: Port of the PostgreSQL server.
-    type: int
-    default: 5432
   login_user:
     description: Role the migrations run as (the schema owner).
-    type: str
-    default: postgres
-  login_password:
-    description: Password of O(login_user).
-    type: str
   login_db:
-    description: Database to migrate. Required for every action but V(create).
-    type: str
-    aliases: [db]
-  connect_timeout:
-    description: Seconds to wait for the connection.
-    type: int
-    default: 10
-  ssl_mode:
-    description: libpq C(sslmode) of the connection.
-    type: str
-    default: prefer
-    choices: [disable, allow, prefer, require, verify-ca, verify-full]
-  ca_cert:
-    description: CA certificate file checked against the server's certificate (libpq C(sslrootcert)).
-    type: path
+    description: Database to migrate. Required for every action but V(create), which connects to nothing.
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
 requirements:
-  - psycopg2
   - pglast (PostgreSQL's own scanner, libpg_query, splits and checks the SQL)
 notes:
   - The module runs on the host that reaches the database (the Docker host); the migrations
@@ -277,28 +252,63 @@ path:
   sample: /srv/app/migrations/1760000000000_add-orders-table.sql
 """
 
+import os
+import sys
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.pg_migrate_core import (
-    ACTIONS,
-    HAS_PGLAST,
-    HAS_PSYCOPG2,
-    MigrationError,
-    MigrationFailed,
-    connect,
-    run,
-    validate_duration,
-)
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from ansible.module_utils.pg_connection import (
+        connection_argument_spec,
+        connection_params,
+        describe_target,
+        missing_library_message,
+    )
+    from ansible.module_utils.pg_migrate_core import (
+        ACTIONS,
+        HAS_PGLAST,
+        HAS_PSYCOPG2,
+        MigrationError,
+        MigrationFailed,
+        connect,
+        run,
+        validate_duration,
+    )
+except ImportError:
+    # Only when this file is imported bare, outside Ansible (ansible-lint's
+    # args rule, unit tests): Ansible ships module_utils/ with the module.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    os.pardir, 'module_utils'))
+    from pg_connection import (  # noqa: E402
+        connection_argument_spec,
+        connection_params,
+        describe_target,
+        missing_library_message,
+    )
+    from pg_migrate_core import (  # noqa: E402
+        ACTIONS,
+        HAS_PGLAST,
+        HAS_PSYCOPG2,
+        MigrationError,
+        MigrationFailed,
+        connect,
+        run,
+        validate_duration,
+    )
 
 try:
     import psycopg2
 except ImportError:  # reported through HAS_PSYCOPG2
     psycopg2 = None
 
+APPLICATION_NAME = "ansible-pg_migrate"
+
 
 def argument_spec():
-    return dict(
+    """The connection options (module_utils/pg_connection.py) and the module's own."""
+    spec = connection_argument_spec()
+    spec.update(
         action=dict(type="str", required=True, choices=list(ACTIONS)),
         migrations_dir=dict(type="path", required=True),
         count=dict(type="int"),
@@ -312,16 +322,8 @@ def argument_spec():
         search_path=dict(type="str", default="public"),
         migrations_schema=dict(type="str", default="public"),
         migrations_table=dict(type="str", default="pgmigrations"),
-        login_host=dict(type="str", default="localhost"),
-        login_port=dict(type="int", default=5432),
-        login_user=dict(type="str", default="postgres"),
-        login_password=dict(type="str", no_log=True),
-        login_db=dict(type="str", aliases=["db"]),
-        connect_timeout=dict(type="int", default=10),
-        ssl_mode=dict(type="str", default="prefer",
-                      choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
-        ca_cert=dict(type="path"),
     )
+    return spec
 
 
 class PgMigrate:
@@ -354,28 +356,14 @@ class PgMigrate:
                 self.module.fail_json(msg=str(exc))
 
     def connection_params(self):
-        params = self.params
-        conn = {
-            "host": params["login_host"] or None,
-            "port": params["login_port"],
-            "user": params["login_user"],
-            "password": params["login_password"],
-            "dbname": params["login_db"],
-            "connect_timeout": params["connect_timeout"],
-            "sslmode": params["ssl_mode"],
-            "application_name": "ansible-pg_migrate",
-        }
-        if params["ca_cert"]:
-            conn["sslrootcert"] = params["ca_cert"]
-        return dict((key, value) for key, value in conn.items() if value is not None)
+        return connection_params(self.params, application_name=APPLICATION_NAME)
 
     def connect(self):
         try:
             return connect(self.connection_params())
         except psycopg2.OperationalError as exc:
-            raise MigrationError("cannot connect to database %s on %s:%s as %s: %s" % (
-                self.params["login_db"], self.params["login_host"] or "(socket)",
-                self.params["login_port"], self.params["login_user"], str(exc).strip()))
+            raise MigrationError("cannot connect to %s: %s"
+                                 % (describe_target(self.params), str(exc).strip()))
 
     def execute(self):
         params = self.params
@@ -419,9 +407,9 @@ def main():
         supports_check_mode=True,
     )
     if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"))
+        module.fail_json(msg=missing_library_message("psycopg2"))
     if not HAS_PGLAST and module.params["action"] != "create":
-        module.fail_json(msg=missing_required_lib("pglast"))
+        module.fail_json(msg=missing_library_message("pglast"))
     worker = PgMigrate(module)
     worker.validate()
     try:

@@ -2,14 +2,15 @@
 
 The pool's wait and reap logic runs over a fake connection factory and, for
 reaping, a fake clock; the arithmetic and the input validation are pure.
+How the pool waits then refuses beyond max and closes idle connections is
+checked here only: the module's deploy-time pool check no longer repeats it.
 """
-import ast
 import importlib.util
 import pathlib
 import threading
+import time
 
 import pytest
-import yaml
 
 import pg_health_core as core
 
@@ -18,7 +19,7 @@ MODULE_PATH = ROOT / "library" / "pg_health.py"
 
 VALID = dict(login_host="127.0.0.1", login_port=5432, connect_timeout_ms=2000,
              pool_min=2, pool_max=20, pool_idle_timeout_ms=30000,
-             idle_check_timeout_ms=250, app_instances=2, application_name="pg_health",
+             app_instances=2, application_name="pg_health",
              extensions=list(core.DEFAULT_EXTENSIONS))
 
 
@@ -81,8 +82,6 @@ def test_valid_options_give_no_error():
     ({"connect_timeout_ms": 0}, "connect_timeout_ms=0 is out of range: allowed 1 to 600000 ms"),
     ({"pool_idle_timeout_ms": -30000},
      "pool_idle_timeout_ms=-30000 is out of range: allowed 1 to 86400000 ms"),
-    ({"idle_check_timeout_ms": -5}, "idle_check_timeout_ms=-5 is out of range: allowed 1 to 30000 ms"),
-    ({"idle_check_timeout_ms": 60000}, "idle_check_timeout_ms=60000 is above pool_idle_timeout_ms=30000"),
     ({"app_instances": 0}, "app_instances=0 is out of range: allowed 1 to 1000"),
     ({"login_port": 0}, "login_port=0 is out of range: allowed 1 to 65535"),
     ({"login_port": 70000}, "login_port=70000 is out of range: allowed 1 to 65535"),
@@ -94,6 +93,11 @@ def test_valid_options_give_no_error():
 def test_bad_option_is_refused_with_a_message_naming_the_value_and_range(override, expected):
     errors = core.validate_options(dict(VALID, **override))
     assert len(errors) == 1 and expected in errors[0], errors
+
+
+@pytest.mark.parametrize("host", ["", "/var/run/postgresql", "db.example", "::1"])
+def test_empty_host_socket_directory_and_names_are_accepted(host):
+    assert core.validate_options(dict(VALID, login_host=host)) == []
 
 
 def test_every_bad_option_is_reported_not_only_the_first():
@@ -137,7 +141,43 @@ PG15_SETTINGS = {"max_connections": "100", "superuser_reserved_connections": "3"
 
 
 def headroom(settings=PG15_SETTINGS, role_limit=-1, db_limit=-1, pool_max=20, instances=2):
-    return core.compute_headroom(settings, "app", role_limit, "db", db_limit, pool_max, instances)
+    return core.compute_headroom(settings, "app", role_limit, "db", db_limit, pool_max * instances,
+                                 "%d app instance(s) x pool max %d" % (instances, pool_max))
+
+
+@pytest.mark.parametrize("required, role_limit, short_by", [(45, 45, 0), (46, 45, 1), (7, 5, 2)])
+def test_headroom_compares_the_limits_with_the_required_number_it_is_given_and_adds_nothing(
+        required, role_limit, short_by):
+    result = core.compute_headroom(PG15_SETTINGS, "app", role_limit, "db", -1, required)
+    assert result["required"] == required
+    assert result["limits"]["role"]["short_by"] == short_by
+    assert result["limits"]["server"]["spare"] == 97 - required
+    if short_by:
+        assert result["short"][0]["message"] == (
+            "role limit %d is short by %d for %d required connection(s)"
+            % (role_limit, short_by, required))
+
+
+@pytest.mark.parametrize("required", [-1, 2.5, "40", True, None])
+def test_headroom_refuses_a_required_number_that_is_no_count(required):
+    with pytest.raises(ValueError, match="required="):
+        core.compute_headroom(PG15_SETTINGS, "app", -1, "db", -1, required)
+
+
+def test_run_checks_requires_every_app_pool_at_max_and_names_the_basis(monkeypatch):
+    def probe(params, connect_timeout_ms, extensions, application_name, clock):
+        assert params["user"] == "app" and "login_user" not in params
+        return {"is_available": True, "role": "app", "database": "db", "extensions_missing": [],
+                "_limits": {"settings": PG15_SETTINGS, "role_conn_limit": 50,
+                            "db_conn_limit": -1}}
+
+    monkeypatch.setattr(core, "probe_health", probe)
+    result = core.run_checks(dict(VALID, login_user="app", login_db="db", pool_max=20,
+                                  app_instances=3, pool_check=False))
+    headroom = result["headroom"]
+    assert (headroom["required"], headroom["pool_max"], headroom["app_instances"]) == (60, 20, 3)
+    assert result["problems"] == ["role limit 50 is short by 10 for 3 app instance(s) x pool max 20 = 60"]
+    assert result["pool"] == {"skipped": True}
 
 
 def test_headroom_on_pg15_counts_superuser_reserved_and_tolerates_no_reserved_connections():
@@ -225,6 +265,45 @@ def test_exhausted_pool_waits_then_raises_pool_timeout_without_opening_more():
     with pytest.raises(core.PoolTimeout, match="all 2 in use"):
         pool.getconn(timeout=0.02)
     assert len(factory.opened) == 2 and len(held) == 2
+
+
+# Was the pool check's 'waits then refuses beyond max' step, run on every deploy.
+@pytest.mark.parametrize("timeout", [None, 0.2], ids=["acquire timeout", "explicit timeout"])
+def test_request_beyond_max_waits_its_whole_timeout_then_is_refused(timeout):
+    factory = FakeFactory()
+    pool = make_pool(factory, min_size=2, max_size=3, acquire_timeout=0.2).open()
+    held = [pool.getconn() for _ in range(3)]
+    started = time.monotonic()
+    with pytest.raises(core.PoolTimeout, match="no connection free within 200 ms: all 3 in use"):
+        pool.getconn(timeout=timeout)
+    waited = time.monotonic() - started
+    # A pool that refuses at once, or waits only a part of the timeout, fails here;
+    # one that waits forever never gets here (the upper bound catches a long wait).
+    assert 0.2 <= waited < 0.2 + 1.0, waited
+    assert len(factory.opened) == 3 and pool.stats()["in_use"] == len(held)
+
+
+# Was the pool check's 'closes idle connections' step, run on every deploy.
+def test_pool_grown_to_max_and_released_is_reaped_back_to_min_after_the_idle_timeout():
+    factory = FakeFactory()
+    idle_timeout = 0.1
+    pool = make_pool(factory, min_size=2, max_size=6, idle_timeout=idle_timeout,
+                     acquire_timeout=1.0).open()
+    held = [pool.getconn() for _ in range(6)]
+    pool.start_reaper()
+    try:
+        for conn in held:
+            pool.putconn(conn)
+        released = time.monotonic()
+        assert pool.stats()["size"] == 6
+        bound = idle_timeout + 2 * core.reaper_interval(idle_timeout) + 1.0
+        assert pool.wait_until_size(2, timeout=bound)
+        reaped_after = time.monotonic() - released
+        assert reaped_after >= idle_timeout - 0.01, reaped_after  # not before the idle timeout
+        assert pool.stats() == {"size": 2, "idle": 2, "in_use": 0, "opened": 6, "reaped": 4}
+        assert sum(c.closed for c in factory.opened) == 4
+    finally:
+        pool.close()
 
 
 def test_waiting_request_gets_the_connection_another_caller_returns():
@@ -386,18 +465,8 @@ def test_connection_parameters_never_leak_options_libpq_does_not_know():
 
 
 # ---------------------------------------------------------------------------
-# The Ansible wrapper documents exactly what it accepts
+# The Ansible wrapper's defaults (its documentation: tests/unit/test_module_docs.py)
 # ---------------------------------------------------------------------------
-
-def _module_docs():
-    tree = ast.parse(MODULE_PATH.read_text())
-    docs = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in (
-                "DOCUMENTATION", "EXAMPLES", "RETURN"):
-            docs[node.targets[0].id] = yaml.safe_load(node.value.value)
-    return docs
-
 
 def _module_argument_spec():
     spec = importlib.util.spec_from_file_location("pg_health_module", str(MODULE_PATH))
@@ -406,28 +475,22 @@ def _module_argument_spec():
     return module.argument_spec()
 
 
-@pytest.mark.parametrize("block", ["DOCUMENTATION", "EXAMPLES", "RETURN"])
-def test_module_documentation_blocks_are_yaml(block):
-    assert _module_docs()[block]
-
-
-def test_documented_options_match_the_argument_spec():
-    documented = _module_docs()["DOCUMENTATION"]["options"]
-    spec = _module_argument_spec()
-    assert set(documented) == set(spec)
-    for name, option in spec.items():
-        doc = documented[name]
-        assert doc.get("type") == option.get("type"), name
-        assert doc.get("default") == option.get("default"), name
-        assert doc.get("choices") == option.get("choices"), name
-        assert bool(doc.get("required")) == bool(option.get("required")), name
-
-
-def test_password_option_is_no_log():
-    assert _module_argument_spec()["login_password"]["no_log"] is True
-
-
 def test_module_defaults_pass_validation():
     spec = _module_argument_spec()
     defaults = dict((name, option.get("default")) for name, option in spec.items())
     assert core.validate_options(defaults) == []
+
+
+@pytest.mark.parametrize("option", ["login_user", "login_db", "login_password"])
+def test_module_has_no_default_role_database_or_password(option):
+    spec = _module_argument_spec()[option]
+    assert spec.get("required") is True and spec.get("default") is None
+
+
+@pytest.mark.parametrize("host, shown", [("", "(default socket)"),
+                                         ("/nonexistent-socket-dir", "/nonexistent-socket-dir")])
+def test_socket_host_that_nothing_listens_on_is_reported_down_naming_it(host, shown):
+    result = core.run_checks(dict(VALID, login_host=host, login_port=1, login_user="u",
+                                  login_db="d", login_password="p", connect_timeout_ms=500))
+    assert result["is_available"] is False and result["health"] == core.HEALTH_DOWN
+    assert result["reason"].startswith("connection to %s port 1 as u failed: " % shown)
