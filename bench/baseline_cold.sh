@@ -6,7 +6,8 @@
 #   bench/baseline_cold.sh up IMAGE     network, volume, docker run, wait,
 #                                       roles, database, extensions, grants,
 #                                       the initial migration, select 1
-#   bench/baseline_cold.sh down         remove what `up` created
+#   bench/baseline_cold.sh down         remove the container and the volume
+#   bench/baseline_cold.sh purge        and the network
 #
 # Names: BENCH_COLD_NAME (default bench_cold_postgres; also the volume
 # <name>_pgdata and the network <name>_net), BENCH_COLD_PORT (55499).
@@ -28,14 +29,13 @@ esac
 down() {
   docker rm -f "$name" >/dev/null 2>&1 || true
   docker volume rm -f "$volume" >/dev/null 2>&1 || true
-  docker network rm "$network" >/dev/null 2>&1 || true
 }
 
-if [ "${1:-}" = down ]; then
-  down
-  exit 0
-fi
-[ "${1:-}" = up ] && [ -n "${2:-}" ] || { echo "usage: $0 up IMAGE | down" >&2; exit 2; }
+case "${1:-}" in
+  down) down; exit 0 ;;
+  purge) down; docker network rm "$network" >/dev/null 2>&1 || true; exit 0 ;;
+esac
+[ "${1:-}" = up ] && [ -n "${2:-}" ] || { echo "usage: $0 up IMAGE | down | purge" >&2; exit 2; }
 image=$2
 
 work=$(mktemp -d)
@@ -50,7 +50,8 @@ chmod 0644 "$work/secrets/admin_password"
 printf 'PGPASSWORD=%s\n' "$app_pw" > "$work/app.env"
 chmod 0600 "$work/app.env"
 
-docker network create "$network" >/dev/null
+# Like the role: the network is created when missing (a cold run keeps it).
+docker network inspect "$network" >/dev/null 2>&1 || docker network create "$network" >/dev/null
 docker volume create "$volume" >/dev/null
 docker run -d --name "$name" --network "$network" --network-alias postgres \
   -p "127.0.0.1:$port:5432" --shm-size 256m --stop-signal SIGINT \
