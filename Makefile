@@ -48,6 +48,7 @@ test: lint unit molecule
 bench: $(VENV)/.installed
 	python bench/bench_health.py
 	python bench/bench_migrations.py
+	python bench/bench_commands.py
 
 clean-venv:
 	rm -rf $(VENV)
