@@ -394,6 +394,11 @@ def main(argv=None, environ=None, stdout=None, stderr=None):
         result = run(options)
     except SystemExit as exc:  # --help
         return 0 if not exc.code else 1
+    except KeyboardInterrupt:
+        stderr.write("%s: interrupted: migrations that completed stay applied; the one running "
+                     "was rolled back, unless it runs outside a transaction (check with "
+                     "`%s status`)\n" % (PROG, PROG))
+        return 1
     except ImportError as exc:
         stderr.write("%s: error: %s (run it with the project's venv: .venv/bin/pg-migrate, "
                      "installed by `make up`)\n" % (PROG, exc))
