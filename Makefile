@@ -1,5 +1,7 @@
 # Thin targets over the venv, Ansible, Molecule and pytest.
 #   make up     provision the database (engine, image, container, bootstrap, migrations, health)
+#               and install the migrations command line as .venv/bin/pg-migrate
+#   make cli    install .venv/bin/pg-migrate only (no provisioning)
 #   make test   lint, unit tests, then `molecule test` (converge, idempotence, integration tests)
 #   make bench  the benchmarks under bench/
 SHELL := /bin/bash
@@ -8,7 +10,7 @@ BIN := $(VENV)/bin
 # Ansible and Molecule call each other by name: the venv goes first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: up test lint unit molecule bench clean-venv
+.PHONY: up cli test lint unit molecule bench clean-venv
 
 $(BIN)/activate:
 	command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null \
@@ -20,7 +22,15 @@ $(VENV)/.installed: requirements.txt | $(BIN)/activate
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-up: $(VENV)/.installed
+# bin/pg-migrate run by the venv's Python (psycopg2, pglast), wherever the
+# venv is activated or not: a two-line wrapper, rewritten when bin/pg-migrate changes.
+$(BIN)/pg-migrate: bin/pg-migrate | $(VENV)/.installed
+	printf '#!/bin/sh\nexec "%s" "%s" "$$@"\n' "$(CURDIR)/$(BIN)/python" "$(CURDIR)/bin/pg-migrate" > $@
+	chmod 0755 $@
+
+cli: $(BIN)/pg-migrate
+
+up: $(VENV)/.installed $(BIN)/pg-migrate
 	ansible-playbook site.yml
 
 lint: $(VENV)/.installed
@@ -38,6 +48,7 @@ test: lint unit molecule
 bench: $(VENV)/.installed
 	python bench/bench_health.py
 	python bench/bench_migrations.py
+	python bench/bench_commands.py
 
 clean-venv:
 	rm -rf $(VENV)

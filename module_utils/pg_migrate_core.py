@@ -97,12 +97,26 @@ except ImportError:  # pragma: no cover - reported by the Ansible module
     pgsql = None
     HAS_PSYCOPG2 = False
 
+# pglast is imported on first use (splitting SQL), not here: it costs 15-40 ms
+# of start-up that a run with nothing pending (or create) never needs.
 try:
-    from pglast import parser as pgparser
-    HAS_PGLAST = True
-except ImportError:  # pragma: no cover - reported by the Ansible module
-    pgparser = None
+    from importlib.util import find_spec as _find_spec
+    HAS_PGLAST = _find_spec("pglast") is not None
+except (ImportError, ValueError):  # pragma: no cover
     HAS_PGLAST = False
+
+
+class _LazyPgParser:
+    """Stands for ``pglast.parser`` until first used, then replaces itself."""
+
+    def __getattr__(self, attribute):
+        global pgparser
+        from pglast import parser
+        pgparser = parser
+        return getattr(parser, attribute)
+
+
+pgparser = _LazyPgParser() if HAS_PGLAST else None
 
 __metaclass__ = type
 
@@ -442,7 +456,7 @@ class SqlScanError(Exception):
 
 
 def _require_pglast():
-    if not HAS_PGLAST:
+    if not HAS_PGLAST or pgparser is None:
         raise MigrationError(
             "the Python package pglast is needed to read SQL migrations (pip install "
             "pglast, see requirements.txt)")
