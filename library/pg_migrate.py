@@ -335,18 +335,7 @@ class PgMigrate:
 
     def validate(self):
         params = self.params
-        action = params["action"]
-        if params["count"] is not None and params["count"] < 1:
-            self.module.fail_json(msg="count must be at least 1, got %d (to roll back everything, "
-                                      "give the number of applied migrations)" % params["count"])
-        # Checked by value, not with mutually_exclusive: roles pass both keys,
-        # the unused one as null.
-        if params["count"] is not None and params["to"] is not None:
-            self.module.fail_json(msg="count and to are mutually exclusive: give one of them")
-        if action in ("status", "create") and (params["count"] is not None or params["to"] is not None):
-            self.module.fail_json(msg="count and to apply to up, down and redo, not to %s" % action)
-        if action != "create" and params["name"] is not None:
-            self.module.fail_json(msg="name applies to create only")
+        # count, to and name are the core's to check (pg_migrate_core.run): one place for every rule.
         if params["advisory_lock_wait"] < 0:
             self.module.fail_json(msg="advisory_lock_wait must be 0 or more seconds")
         for option in ("lock_timeout", "statement_timeout"):

@@ -1381,6 +1381,8 @@ def run(conn_factory, directory, action, count=None, to=None, name=None,
         raise MigrationError("count and to are mutually exclusive")
     if action in ("status", "create") and (count is not None or to is not None):
         raise MigrationError("count and to apply to up, down and redo, not %s" % action)
+    if action != "create" and name is not None:
+        raise MigrationError("name applies to create only, not %s" % action)
     result = {"changed": False, "action": action, "executed": [], "queries": [],
               "warnings": []}
 

@@ -131,12 +131,13 @@ def test_create_through_the_playbook_writes_into_the_control_node_folder(playboo
 
 @pytest.mark.parametrize("extra,message", [
     (["migrate_action=sideways"],
-     "migrate_action=sideways is not allowed: use up, down, redo, status or create."),
-    (["migrate_action=down", "migrate_count=0"], "migrate_count=0 is not allowed with migrate_action=down"),
-    (["migrate_action=up", "migrate_count=two"], "migrate_count=two is not allowed"),
-    (["migrate_action=status", "migrate_to=1710000000001_create-widgets"], "migrate_to=1710000000001"),
-    (["migrate_action=create"], "migrate_name= is not allowed with migrate_action=create"),
-    (["migrate_action=create", "migrate_name=../escape"], "migrate_name=../escape is not allowed"),
+     "value of postgres_migrations_action must be one of: up, down, redo, status, create, got: sideways"),
+    (["migrate_action=down", "migrate_count=0"], "count must be a whole number of at least 1, got 0"),
+    (["migrate_action=up", "migrate_count=two"], "argument 'postgres_migrations_count' is of type"),
+    (["migrate_action=status", "migrate_to=1710000000001_create-widgets"],
+     "count and to apply to up, down and redo, not status"),
+    (["migrate_action=create"], "create needs a name"),
+    (["migrate_action=create", "migrate_name=../escape"], "invalid migration name '../escape'"),
 ], ids=["unknown-action", "count-zero", "count-not-a-number", "to-with-status", "create-without-name",
         "create-bad-name"])
 def test_bad_extra_vars_fail_with_a_clear_error_before_anything_changes(playbook, scratch_db, extra, message):
