@@ -12,7 +12,7 @@ import subprocess
 import psycopg2
 import pytest
 
-from conftest import CONTAINER, container_id, docker, run_playbook, wait_until_ready
+from conftest import CONTAINER, NETWORK, VOLUME, container_id, docker, run_playbook, wait_until_ready
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +89,11 @@ def test_restart_policy_is_unless_stopped(inspect):
 
 def test_data_lives_on_the_named_volume(inspect):
     data = next(m for m in inspect["Mounts"] if m["Destination"] == "/var/lib/postgresql/data")
-    assert (data["Type"], data["Name"]) == ("volume", "social_selling_pgdata")
+    assert (data["Type"], data["Name"]) == ("volume", VOLUME)
 
 
 def test_container_is_on_the_private_network(inspect):
-    assert "social_selling" in inspect["NetworkSettings"]["Networks"]
+    assert NETWORK in inspect["NetworkSettings"]["Networks"]
 
 
 def test_healthcheck_reports_healthy(inspect):

@@ -13,9 +13,8 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, docker_exec, query, run_playbook, secret
+from conftest import APP_ROLE, CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, container_id, docker_exec, query, run_playbook, secret
 
-CONFIG_ROOT = "/etc/social-selling-postgres"
 CA_FILE = CONFIG_ROOT + "/ca.crt"
 
 
@@ -250,7 +249,7 @@ def test_server_key_belongs_to_the_server_user_only(production):
 def _not_after(pem_path=None, served=False):
     """The notAfter date of the server certificate on disk, or of the one the server presents."""
     if served:
-        pem = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect", "127.0.0.1:5432"],
+        pem = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect", f"127.0.0.1:{DB_PORT}"],
                              input="", capture_output=True, text=True, timeout=30).stdout
     else:
         pem = pathlib.Path(pem_path).read_text()

@@ -23,11 +23,10 @@ import pytest
 import yaml
 
 import pg_health_core as core
-from conftest import playbook_env
+from conftest import CONTAINER, extra_vars_args, playbook_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
-CONTAINER = "social_selling_postgres"
 EXTENSIONS = ["uuid-ossp", "pgcrypto", "pg_trgm", "pg_stat_statements"]
 # The app's pool (seed Phase 3) and the inventory's defaults.
 APP_POOL = dict(pool_min=2, pool_max=20, pool_idle_timeout_ms=30000,
@@ -72,7 +71,7 @@ def run_playbook(params, *extra_args, **extra_vars):
     variables.update(extra_vars)
     # The inventory takes the app password from POSTGRES_PASSWORD.
     env = playbook_env({"POSTGRES_PASSWORD": params["password"]})
-    cmd = [str(BIN / "ansible-playbook"), "playbooks/health.yml", "-e", json.dumps(variables)]
+    cmd = [str(BIN / "ansible-playbook"), "playbooks/health.yml", *extra_vars_args(), "-e", json.dumps(variables)]
     cmd.extend(extra_args)
     proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True,
                           timeout=180)
