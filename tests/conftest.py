@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -236,3 +237,37 @@ def migrations_folder(tmp_path, files):
     for name, text in files.items():
         (path / (name if name.endswith(".sql") else name + ".sql")).write_text(text)
     return path
+
+
+# Node.js: the seed's own tools (node-pg-migrate, pg-promise) run from npm.
+NODE_DIR = ROOT / "tests" / "integration" / "node"        # Node 18+: node-pg-migrate 6.2.2, pg-promise
+NODE_V9_DIR = ROOT / "tests" / "integration" / "node-v9"  # Node 20.11+: node-pg-migrate 9.0.0
+
+
+def node_version():
+    """The version of `node` as a tuple, after checking node and npm are there.
+
+    A missing one fails the test with its name (`make test` installs Debian's
+    nodejs and npm); SKIP_NODE_TESTS=1 makes that an explicit skip instead.
+    """
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        message = (f"{' and '.join(missing)} not found on PATH: the node-pg-migrate and pg-promise tests "
+                   "(criteria 5 and 6) need Node.js and npm (Debian: apt-get install nodejs npm; "
+                   "`make test` installs them); set SKIP_NODE_TESTS=1 to skip them instead")
+        if os.environ.get("SKIP_NODE_TESTS") == "1":
+            pytest.skip("SKIP_NODE_TESTS=1: " + message)
+        pytest.fail(message, pytrace=False)
+    out = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout
+    return tuple(int(part) for part in re.findall(r"\d+", out)[:3])
+
+
+def npm_ci(folder):
+    """`npm ci` in folder when its node_modules is missing or older than its package-lock.json."""
+    installed = folder / "node_modules" / ".package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < (folder / "package-lock.json").stat().st_mtime:
+        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True,
+                              text=True, check=False, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"npm ci in {folder} failed: {proc.stdout}{proc.stderr}", pytrace=False)
+    return folder / "node_modules"
