@@ -769,10 +769,17 @@ def check_pool(params, pool_min, pool_max, idle_timeout_ms, idle_check_timeout_m
                 errors.append("query on a pooled connection failed: %s" % first_line(exc))
 
         if len(held) == pool_max:
+            t0 = clock()
             try:
                 extra = pool.getconn(timeout=exhausted_wait_ms / 1000.0)
             except PoolTimeout:
-                result["exhausted_request_waited_then_refused"] = True
+                # Refused, and only after waiting the whole wait.
+                waited_ms = (clock() - t0) * 1000.0
+                result["exhausted_request_waited_ms"] = round(waited_ms, 1)
+                result["exhausted_request_waited_then_refused"] = waited_ms >= exhausted_wait_ms
+                if waited_ms < exhausted_wait_ms:
+                    errors.append("the pool refused a request beyond max after %.1f ms, before its %d ms wait"
+                                  % (waited_ms, exhausted_wait_ms))
             else:
                 pool.putconn(extra)
                 result["exhausted_request_waited_then_refused"] = False

@@ -7,6 +7,7 @@ import ast
 import importlib.util
 import pathlib
 import threading
+import time
 
 import pytest
 import yaml
@@ -219,12 +220,25 @@ def test_pool_grows_to_max_with_all_connections_held():
 
 
 def test_exhausted_pool_waits_then_raises_pool_timeout_without_opening_more():
+    """The refusal comes after the wait, timed with the wall clock: a pool that refuses at once fails this."""
     factory = FakeFactory()
     pool = make_pool(factory, max_size=2).open()
     held = [pool.getconn(), pool.getconn()]
+    started = time.monotonic()
     with pytest.raises(core.PoolTimeout, match="all 2 in use"):
-        pool.getconn(timeout=0.02)
+        pool.getconn(timeout=0.3)
+    waited = time.monotonic() - started
+    assert 0.3 <= waited < 0.3 + 0.5, waited
     assert len(factory.opened) == 2 and len(held) == 2
+
+
+def test_exhausted_pool_default_wait_is_the_acquire_timeout():
+    pool = make_pool(max_size=1, min_size=0, acquire_timeout=0.25)
+    pool.getconn()
+    started = time.monotonic()
+    with pytest.raises(core.PoolTimeout):
+        pool.getconn()
+    assert 0.25 <= time.monotonic() - started < 0.25 + 0.5
 
 
 def test_waiting_request_gets_the_connection_another_caller_returns():
