@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # Ansible and Molecule call each other by name: the venv goes first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: up cli test lint unit molecule bench clean-venv
+.PHONY: up cli test lint unit molecule bench clean-venv node test-tools
 
 $(BIN)/activate:
 	command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null \
@@ -30,6 +30,20 @@ $(BIN)/pg-migrate: bin/pg-migrate | $(VENV)/.installed
 
 cli: $(BIN)/pg-migrate
 
+# The node-pg-migrate and pg-promise tests need Node.js and npm: Debian's when node is absent
+# (bookworm's Node 18 runs node-pg-migrate 6.2.2 and pg-promise; 9.x runs where Node is 20.11+).
+# SKIP_NODE_TESTS=1 installs nothing and skips those tests.
+node:
+	@if [ "$$SKIP_NODE_TESTS" != 1 ] && ! { command -v node && command -v npm; } >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; fi
+
+# Tools the tests use beside the project's own: openssl (TLS renewal), age (backups, installed by
+# the backup role too) and Debian's docker-registry (the image role's digest pinning, on 127.0.0.1).
+test-tools:
+	@missing=(); for tool in openssl:openssl age:age docker-registry:docker-registry; do \
+	  command -v "$${tool%%:*}" >/dev/null || missing+=("$${tool#*:}"); done; \
+	if (($${#missing[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$${missing[@]}"; fi
+
 up: $(VENV)/.installed $(BIN)/pg-migrate
 	ansible-playbook site.yml
 
@@ -40,7 +54,7 @@ lint: $(VENV)/.installed
 unit: $(VENV)/.installed
 	pytest tests/unit
 
-molecule: $(VENV)/.installed
+molecule: $(VENV)/.installed $(BIN)/pg-migrate node test-tools
 	molecule test
 
 test: lint unit molecule

@@ -8,7 +8,7 @@ One command (from the repository root, venv active):
 It generates COUNT SQL migrations (workload "trivial": one SELECT each; "ddl": one
 CREATE TABLE each; both with a down section) in a temporary folder, creates two fresh databases, applies the
 folder with our engine to one and with the real node-pg-migrate (pinned in
-tests/integration/node, `npm ci` run when node_modules is missing) to the
+tests/integration/node-v9, `npm ci` run when node_modules is missing) to the
 other, then times our `status` with COUNT applied. Both tools run as a fresh
 process (interpreter start-up included on both sides), on the same server, in
 the same run. Prints both times and the ratio; exits 1 when a target is missed:
@@ -35,7 +35,7 @@ import uuid
 import psycopg2
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "tests" / "integration" / "node"
+NODE_DIR = ROOT / "tests" / "integration" / "node-v9"
 NODE_CLI = NODE_DIR / "node_modules" / "node-pg-migrate" / "bin" / "node-pg-migrate.js"
 
 

@@ -6,10 +6,27 @@ the environment variables, else the generated files in `.secrets/`.
 Overrides for running the suite against another server:
 PGTEST_HOST, PGTEST_PORT, PGTEST_ADMIN_USER, POSTGRES_ADMIN_PASSWORD,
 POSTGRES_PASSWORD, POSTGRES_OWNER_PASSWORD.
+
+An isolated stack: TEST_EXTRA_VARS names a JSON file of extra vars that every
+ansible-playbook run of the tests gets (`-e @file`, before the test's own
+`-e`), and that the constants below are derived from: the container
+(`db_container_name`), the published port (`db_port`, also PGTEST_PORT's
+default), the volume, network, configuration root and backup folder. With
+DB_SECRETS_DIR pointing at its own folder, the suite then runs against a
+second, throwaway stack and never touches the one `make up` provisions, e.g.
+
+    {"db_container_name": "t11_postgres", "db_port": 55440,
+     "postgres_container_volume": "t11_pgdata", "postgres_container_network": "t11_net",
+     "postgres_container_config_root": "/etc/t11-postgres", "postgres_backup_dir": "/var/backups/t11"}
+
+    ansible-playbook site.yml -e @vars.json
+    TEST_EXTRA_VARS=vars.json DB_SECRETS_DIR=.secrets-t11 pytest tests/integration
 """
+import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,10 +43,24 @@ SECRETS_DIR = pathlib.Path(os.environ.get("DB_SECRETS_DIR") or ROOT / ".secrets"
 # The pure-Python cores live in module_utils/; unit tests import them directly.
 sys.path.insert(0, str(ROOT / "module_utils"))
 
-DB_NAME = "social_selling"
-APP_ROLE = "social_selling_user"
-OWNER_ROLE = "social_selling_owner"
-CONTAINER = "social_selling_postgres"
+# TEST_EXTRA_VARS: the extra vars of every playbook run, and what the tests expect to find.
+EXTRA_VARS_FILE = os.environ.get("TEST_EXTRA_VARS") or None
+EXTRA_VARS = json.loads(pathlib.Path(EXTRA_VARS_FILE).read_text()) if EXTRA_VARS_FILE else {}
+
+DB_NAME = EXTRA_VARS.get("db_name", "social_selling")
+APP_ROLE = EXTRA_VARS.get("db_app_user", "social_selling_user")
+OWNER_ROLE = EXTRA_VARS.get("db_owner_user", "social_selling_owner")
+CONTAINER = EXTRA_VARS.get("db_container_name", "social_selling_postgres")
+DB_PORT = int(EXTRA_VARS.get("db_port", 5432))
+VOLUME = EXTRA_VARS.get("postgres_container_volume", "social_selling_pgdata")
+NETWORK = EXTRA_VARS.get("postgres_container_network", "social_selling")
+CONFIG_ROOT = EXTRA_VARS.get("postgres_container_config_root", "/etc/social-selling-postgres")
+BACKUP_DIR = EXTRA_VARS.get("postgres_backup_dir", "/var/backups/social-selling")
+
+
+def extra_vars_args():
+    """`-e @TEST_EXTRA_VARS` for an ansible-playbook command line (nothing when unset)."""
+    return ["-e", "@" + str(pathlib.Path(EXTRA_VARS_FILE).resolve())] if EXTRA_VARS_FILE else []
 
 
 def secret(env_name, file_name):
@@ -46,7 +77,7 @@ def secret(env_name, file_name):
 def _server():
     return {
         "host": os.environ.get("PGTEST_HOST", "127.0.0.1"),
-        "port": int(os.environ.get("PGTEST_PORT", "5432")),
+        "port": int(os.environ.get("PGTEST_PORT", DB_PORT)),
         "connect_timeout": 5,
     }
 
@@ -117,9 +148,12 @@ class PlaybookRun:
 
 
 def run_playbook(*args, env=None, timeout=900):
-    """Run ansible-playbook from the repository root, as `ansible-playbook site.yml` runs for a user."""
+    """Run ansible-playbook from the repository root, as `ansible-playbook site.yml` runs for a user.
+
+    TEST_EXTRA_VARS, when set, comes first: the test's own `-e` override it.
+    """
     proc = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), *args],
+        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), *extra_vars_args(), *args],
         cwd=ROOT, env=playbook_env(env), capture_output=True, text=True, timeout=timeout, check=False)
     return PlaybookRun(proc)
 
@@ -129,9 +163,10 @@ def playbook_env(extra=None):
 
     Molecule's verifier exports its own ANSIBLE_* settings (its ansible.cfg,
     inventory and paths): they are dropped, so the project's ansible.cfg applies.
+    DB_SECRETS_DIR is kept: the playbooks read the secrets the tests read.
     """
     clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("ANSIBLE_", "MOLECULE_")) and k != "DB_SECRETS_DIR"}
+             if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
     clean["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     clean["ANSIBLE_NOCOLOR"] = "1"
     clean["PATH"] = os.path.dirname(sys.executable) + os.pathsep + clean.get("PATH", "")
@@ -202,3 +237,37 @@ def migrations_folder(tmp_path, files):
     for name, text in files.items():
         (path / (name if name.endswith(".sql") else name + ".sql")).write_text(text)
     return path
+
+
+# Node.js: the seed's own tools (node-pg-migrate, pg-promise) run from npm.
+NODE_DIR = ROOT / "tests" / "integration" / "node"        # Node 18+: node-pg-migrate 6.2.2, pg-promise
+NODE_V9_DIR = ROOT / "tests" / "integration" / "node-v9"  # Node 20.11+: node-pg-migrate 9.0.0
+
+
+def node_version():
+    """The version of `node` as a tuple, after checking node and npm are there.
+
+    A missing one fails the test with its name (`make test` installs Debian's
+    nodejs and npm); SKIP_NODE_TESTS=1 makes that an explicit skip instead.
+    """
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        message = (f"{' and '.join(missing)} not found on PATH: the node-pg-migrate and pg-promise tests "
+                   "(criteria 5 and 6) need Node.js and npm (Debian: apt-get install nodejs npm; "
+                   "`make test` installs them); set SKIP_NODE_TESTS=1 to skip them instead")
+        if os.environ.get("SKIP_NODE_TESTS") == "1":
+            pytest.skip("SKIP_NODE_TESTS=1: " + message)
+        pytest.fail(message, pytrace=False)
+    out = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout
+    return tuple(int(part) for part in re.findall(r"\d+", out)[:3])
+
+
+def npm_ci(folder):
+    """`npm ci` in folder when its node_modules is missing or older than its package-lock.json."""
+    installed = folder / "node_modules" / ".package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < (folder / "package-lock.json").stat().st_mtime:
+        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True,
+                              text=True, check=False, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"npm ci in {folder} failed: {proc.stdout}{proc.stderr}", pytrace=False)
+    return folder / "node_modules"

@@ -109,7 +109,7 @@ def test_rotating_postgres_password_changes_once_then_nothing(app_params):
         second = run_playbook("site.yml", env={"POSTGRES_PASSWORD": new_password})
         assert second.rc == 0 and second.changed == 0, second
         psycopg2.connect(**dict(app_params, password=new_password)).close()
-        with pytest.raises(psycopg2.OperationalError):
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
             psycopg2.connect(**app_params)
     finally:
         restored = run_playbook("site.yml")

@@ -13,22 +13,46 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, container_id, docker_exec, query, run_playbook, secret
+from conftest import APP_ROLE, CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, container_id, docker_exec, query, run_playbook, secret
 
-CONFIG_ROOT = "/etc/social-selling-postgres"
 CA_FILE = CONFIG_ROOT + "/ca.crt"
 
 
-@pytest.fixture(scope="module")
-def production(request):
-    """The container converged with app_env=production; development again afterwards."""
-    run = run_playbook("site.yml", "-e", "app_env=production")
-    try:
+# Which app_env the container was last converged with by this module. Tests may
+# run in any order (pytest-randomly): each production test converges production
+# when it is not in force, each other test development, and the module ends in
+# development whatever ran last.
+_MODE = {"app_env": "development"}
+
+
+def _converge(app_env):
+    if _MODE["app_env"] != app_env:
+        run = run_playbook("site.yml", "-e", "app_env=" + app_env)
         assert run.rc == 0, run
-        yield run
-    finally:
-        restored = run_playbook("site.yml")
-        assert restored.rc == 0, restored
+        _MODE["app_env"] = app_env
+        return run
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def development_at_the_end():
+    """The module leaves the container in development (the inventory's default)."""
+    yield
+    _MODE["app_env"] = "unknown"
+    _converge("development")
+
+
+@pytest.fixture(autouse=True)
+def app_env_of_the_test(request):
+    """Development for every test that does not ask for production."""
+    if "production" not in request.fixturenames:
+        _converge("development")
+
+
+@pytest.fixture
+def production():
+    """The container converged with app_env=production (development again before the next other test)."""
+    _converge("production")
 
 
 def _connect(params, **extra):
@@ -185,8 +209,7 @@ def test_a_missing_backup_key_fails_before_any_change(tmp_path):
     assert list(folder.iterdir()) == []
 
 
-# Production: TLS required. These come last: the module-scoped fixture keeps
-# production in force until the module ends.
+# Production: TLS required (the `production` fixture converges it when needed).
 
 def test_production_run_recreates_nothing_on_the_second_run(production):
     before = container_id()
@@ -250,7 +273,7 @@ def test_server_key_belongs_to_the_server_user_only(production):
 def _not_after(pem_path=None, served=False):
     """The notAfter date of the server certificate on disk, or of the one the server presents."""
     if served:
-        pem = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect", "127.0.0.1:5432"],
+        pem = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect", f"127.0.0.1:{DB_PORT}"],
                              input="", capture_output=True, text=True, timeout=30).stdout
     else:
         pem = pathlib.Path(pem_path).read_text()

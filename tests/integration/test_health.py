@@ -23,11 +23,10 @@ import pytest
 import yaml
 
 import pg_health_core as core
-from conftest import playbook_env
+from conftest import CONTAINER, extra_vars_args, playbook_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
-CONTAINER = "social_selling_postgres"
 EXTENSIONS = ["uuid-ossp", "pgcrypto", "pg_trgm", "pg_stat_statements"]
 # The app's pool (seed Phase 3) and the inventory's defaults.
 APP_POOL = dict(pool_min=2, pool_max=20, pool_idle_timeout_ms=30000,
@@ -72,7 +71,7 @@ def run_playbook(params, *extra_args, **extra_vars):
     variables.update(extra_vars)
     # The inventory takes the app password from POSTGRES_PASSWORD.
     env = playbook_env({"POSTGRES_PASSWORD": params["password"]})
-    cmd = [str(BIN / "ansible-playbook"), "playbooks/health.yml", "-e", json.dumps(variables)]
+    cmd = [str(BIN / "ansible-playbook"), "playbooks/health.yml", *extra_vars_args(), "-e", json.dumps(variables)]
     cmd.extend(extra_args)
     proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True,
                           timeout=180)
@@ -386,16 +385,37 @@ def test_playbook_never_prints_the_password(app_params):
     assert app_params["password"] not in proc.stdout + proc.stderr
 
 
-def test_playbook_fails_when_query_logging_does_not_match_app_env(app_params):
-    """Development logs every statement; production must not (and vice versa)."""
+def test_playbook_fails_when_query_logging_does_not_match_app_env(app_params, admin_params):
+    """Development logs every statement; production must not (and vice versa).
+
+    The server's own word: `SHOW log_statement` / `log_min_duration_statement`
+    as the superuser and the statement found in the container's log, not the
+    helper the playbook grades itself with. The container runs as the inventory
+    leaves it (development); the playbook told it is production must fail.
+    """
+    conn = psycopg2.connect(**admin_params)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW log_statement")
+            log_statement = cur.fetchone()[0]
+            cur.execute("SHOW log_min_duration_statement")
+            log_min_duration = cur.fetchone()[0]
+    finally:
+        conn.close()
+    assert (log_statement, log_min_duration) == ("all", "0")
+    marker = "query_logging_probe_" + uuid.uuid4().hex
     conn = psycopg2.connect(**app_params)
-    with conn.cursor() as cur:
-        cur.execute("SELECT name, setting FROM pg_settings WHERE name IN "
-                    "('log_statement', 'log_min_duration_statement')")
-        settings = dict(cur.fetchall())
-    conn.close()
-    logs_all = core.query_logging_state(settings["log_statement"],
-                                        settings["log_min_duration_statement"])[
-        "all_statements_logged"]
-    proc = run_playbook(app_params, app_env="production" if logs_all else "development")
-    assert proc.returncode != 0 and "expected %s for app_env" % (not logs_all) in proc.stdout
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT %s AS probe", (marker,))
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 10
+    while True:
+        logs = subprocess.run(["docker", "logs", "--since", "2m", CONTAINER], capture_output=True, text=True)
+        if "statement: SELECT '%s' AS probe" % marker in logs.stdout + logs.stderr:
+            break
+        assert time.monotonic() < deadline, "the statement is not in the server log"
+        time.sleep(0.5)
+    proc = run_playbook(app_params, app_env="production")
+    assert proc.returncode != 0 and "expected False for app_env" in proc.stdout, proc.stdout

@@ -1,7 +1,11 @@
 """Issue 2: the image built from Debian's packages honours the official image's contract.
 
 Each test starts a throwaway container from the built image (no published
-port: everything goes through `docker exec`) and removes it afterwards.
+port: everything goes through `docker exec`) and removes it afterwards. The
+image is the one the postgres_image role builds (`postgres_image_build=always`
+through tests/integration/image_only.yml, which reuses it when present and
+builds it otherwise, about 70 s), whichever image the provisioned container
+runs: the air-gapped path is proven on hosts that pull `postgres:15` too.
 """
 import json
 import subprocess
@@ -10,17 +14,24 @@ import uuid
 
 import pytest
 
-from conftest import CONTAINER, docker, docker_exec
+from conftest import docker, docker_exec, run_playbook
 
 PASSWORD = "contract-test-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
 def built_image():
-    image = json.loads(docker("inspect", CONTAINER))[0]["Config"]["Image"]
-    if not image.startswith("social-selling/postgres:"):
-        pytest.skip(f"the container runs {image}, not an image built by the postgres_image role")
-    return image
+    """The image the postgres_image role builds from Debian's packages, built now when missing."""
+    run = run_playbook("tests/integration/image_only.yml", "-e", "postgres_image_build=always",
+                       env={"ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}, timeout=1800)
+    assert run.rc == 0, run
+    output = run.output[run.output.index("{"):]
+    refs = [result["ansible_facts"]["postgres_image_ref"]
+            for play in json.JSONDecoder().raw_decode(output)[0]["plays"] for task in play["tasks"]
+            for result in task["hosts"].values() if "postgres_image_ref" in result.get("ansible_facts", {})]
+    assert refs and refs[-1].startswith("social-selling/postgres:15-"), run
+    docker("image", "inspect", refs[-1])
+    return refs[-1]
 
 
 @pytest.fixture
@@ -108,7 +119,11 @@ def test_password_file_readable_by_root_only_is_honoured(start, tmp_path):
 
 def test_tcp_login_with_a_wrong_password_is_refused(start):
     name = start("-e", f"POSTGRES_PASSWORD={PASSWORD}")
-    assert _exec_rc(name, "psql", "-h", "127.0.0.1", "-U", "postgres", "-c", "SELECT 1", env={"PGPASSWORD": "wrong"}) != 0
+    # The right password gets in, so a refusal below is the password's, not a connection error.
+    assert _psql_tcp(name, "postgres", PASSWORD, "postgres", "SELECT 1").strip() == "1"
+    refused = docker_exec(name, "psql", "-h", "127.0.0.1", "-U", "postgres", "-c", "SELECT 1", env={"PGPASSWORD": "wrong"})
+    assert refused.returncode == 2, refused
+    assert 'password authentication failed for user "postgres"' in refused.stderr, refused.stderr
 
 
 def test_every_tcp_rule_uses_scram(start):

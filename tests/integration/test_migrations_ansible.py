@@ -14,7 +14,7 @@ import sys
 
 import psycopg2
 import pytest
-from conftest import playbook_env, migrations_folder
+from conftest import extra_vars_args, playbook_env, migrations_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -45,7 +45,7 @@ def playbook(scratch_db, folder, tmp_path):
     }))
 
     def run(*extra, check=True):
-        command = [str(BIN / "ansible-playbook"), "playbooks/migrate.yml", "-e", "@" + str(overrides)]
+        command = [str(BIN / "ansible-playbook"), "playbooks/migrate.yml", *extra_vars_args(), "-e", "@" + str(overrides)]
         for item in extra:
             command += [item] if item.startswith("-") else ["-e", item]
         completed = subprocess.run(command, cwd=ROOT, env=playbook_env(), capture_output=True, text=True,

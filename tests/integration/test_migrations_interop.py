@@ -1,23 +1,29 @@
 """Interoperability with the real node-pg-migrate, installed from npm.
 
-tests/integration/node/package.json pins node-pg-migrate 9.0.0 (current) and
-6.2.2 (the seed's version, as node-pg-migrate-v6); `npm ci` runs when
-node_modules is missing. Every test runs against both versions.
+tests/integration/node/package.json pins node-pg-migrate 6.2.2 (the seed's
+version, as node-pg-migrate-v6; runs on Debian 12's Node 18) and
+tests/integration/node-v9/package.json 9.0.0 (current; needs Node.js 20.11 or
+newer); `npm ci` runs when node_modules is missing. Every test runs against
+both versions; the 9.0.0 runs are skipped, with that reason, where node is
+older. A missing node or npm fails the tests naming it, unless
+SKIP_NODE_TESTS=1 (tests/conftest.py: node_version).
 """
+import json
 import os
-import pathlib
-import shutil
 import subprocess
+import sys
+import time
 
 import pytest
 
 import pg_migrate_core as core
-from conftest import query, migrations_folder
+from conftest import NODE_DIR, NODE_V9_DIR, ROOT, extra_vars_args, migrations_folder, node_version, npm_ci, \
+    playbook_env, query
 
-NODE_DIR = pathlib.Path(__file__).resolve().parent / "node"
+# name: (package folder, CLI inside it, the Node.js version it needs)
 CLIS = {
-    "node-pg-migrate-9.0.0": NODE_DIR / "node_modules" / "node-pg-migrate" / "bin" / "node-pg-migrate.js",
-    "node-pg-migrate-6.2.2": NODE_DIR / "node_modules" / "node-pg-migrate-v6" / "bin" / "node-pg-migrate",
+    "node-pg-migrate-9.0.0": (NODE_V9_DIR, "node-pg-migrate/bin/node-pg-migrate.js", (20, 11)),
+    "node-pg-migrate-6.2.2": (NODE_DIR, "node-pg-migrate-v6/bin/node-pg-migrate", (12, 20)),
 }
 FILES = {
     "1710000000001_create-widgets":
@@ -30,21 +36,15 @@ FILES = {
 ALL = list(FILES)
 
 
-@pytest.fixture(scope="session")
-def node_modules():
-    """node_modules of tests/integration/node, installed with `npm ci` when missing."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed for the node-pg-migrate interoperability tests")
-    if not all(cli.exists() for cli in CLIS.values()):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
-                       capture_output=True, text=True)
-    return NODE_DIR / "node_modules"
-
-
 @pytest.fixture(params=sorted(CLIS))
-def node_pg_migrate(request, node_modules, scratch_db, folder):
+def node_pg_migrate(request, scratch_db, folder):
     """Run the real node-pg-migrate CLI against the scratch database."""
-    cli = CLIS[request.param]
+    package_dir, cli, needs = CLIS[request.param]
+    version = node_version()
+    if version < needs:
+        pytest.skip("%s needs Node.js %s or newer; this host has %s (a version gate: the other version ran)"
+                    % (request.param, ".".join(map(str, needs)), ".".join(map(str, version))))
+    cli = npm_ci(package_dir) / cli
     url = "postgres://{user}:{password}@{host}:{port}/{dbname}".format(**scratch_db)
 
     def run(*args, check=True):
@@ -57,6 +57,15 @@ def node_pg_migrate(request, node_modules, scratch_db, folder):
             print(completed.stdout, completed.stderr)  # shown by pytest on failure
             raise AssertionError("node-pg-migrate %s failed" % " ".join(args))
         return completed
+
+    def start(*args, migrations=None):
+        """The CLI in the background (a Popen), on `migrations` (default: the folder)."""
+        return subprocess.Popen(
+            ["node", str(cli), *args, "--migrations-dir", str(migrations or folder),
+             "--database-url-var", "PG_MIGRATE_TEST_URL", "--no-verbose"],
+            env=dict(os.environ, PG_MIGRATE_TEST_URL=url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, cwd=str(folder.parent))
+    run.start = start
     return run
 
 
@@ -148,3 +157,56 @@ def test_node_pg_migrate_cannot_run_while_we_hold_the_migration_lock(node_pg_mig
         conn.close()
     assert completed.returncode != 0
     assert "Another migration is already running" in completed.stdout + completed.stderr
+
+
+SLOW = {"1710000000001_slow-create": "-- Up Migration\nSELECT pg_sleep(4);\nCREATE TABLE slow (id int);\n\n"
+                                     "-- Down Migration\nDROP TABLE slow;\n"}
+
+
+def _lock_holder(params):
+    rows = query(params, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    return rows[0][0] if rows else None
+
+
+def _migrate_playbook(scratch_db, migrations, tmp_path, lock_wait):
+    """playbooks/migrate.yml (the pg_migrate module) on the scratch database; (completed, seconds)."""
+    overrides = tmp_path / "lock-overrides.json"
+    overrides.write_text(json.dumps({
+        "postgres_migrations_dir": str(migrations), "postgres_migrations_login_host": scratch_db["host"],
+        "postgres_migrations_login_port": scratch_db["port"], "postgres_migrations_login_user": scratch_db["user"],
+        "postgres_migrations_login_password": scratch_db["password"],
+        "postgres_migrations_login_db": scratch_db["dbname"], "postgres_migrations_advisory_lock_wait": lock_wait}))
+    overrides.chmod(0o600)
+    started = time.monotonic()
+    completed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                                "playbooks/migrate.yml", *extra_vars_args(), "-e", "@" + str(overrides)],
+                               cwd=ROOT, env=playbook_env(), capture_output=True, text=True, timeout=300)
+    print(completed.stdout, completed.stderr)
+    return completed, time.monotonic() - started
+
+
+@pytest.mark.parametrize("lock_wait", [30, 1], ids=["waits it out", "gives up after advisory_lock_wait"])
+def test_our_module_waits_for_the_lock_the_real_node_pg_migrate_holds(node_pg_migrate, scratch_db, tmp_path,
+                                                                      lock_wait):
+    """node-pg-migrate runs a 4 s migration holding its lock; the module waits (timed) for it, or gives up."""
+    (tmp_path / "slow").mkdir()
+    slow = migrations_folder(tmp_path / "slow", SLOW)
+    theirs = node_pg_migrate.start("up", migrations=slow)
+    try:
+        deadline = time.monotonic() + 30
+        while _lock_holder(scratch_db) is None:
+            assert theirs.poll() is None and time.monotonic() < deadline, theirs.stdout.read()
+            time.sleep(0.05)
+        completed, elapsed = _migrate_playbook(scratch_db, slow, tmp_path, lock_wait)
+        their_end_seen = theirs.poll() is not None
+    finally:
+        theirs.wait(timeout=60)
+    assert theirs.returncode == 0
+    if lock_wait == 30:
+        # Served once node-pg-migrate let go: nothing left to apply, one history row (theirs).
+        assert completed.returncode == 0 and their_end_seen
+        assert query(scratch_db, "SELECT name FROM pgmigrations") == [("1710000000001_slow-create",)]
+    else:
+        assert completed.returncode != 0 and "(advisory_lock_wait)" in " ".join(completed.stdout.split())
+        assert elapsed >= lock_wait
+        assert not their_end_seen
