@@ -273,7 +273,6 @@ try:
         MigrationFailed,
         connect,
         run,
-        validate_duration,
     )
 except ImportError:
     # Only when this file is imported bare, outside Ansible (ansible-lint's
@@ -294,7 +293,6 @@ except ImportError:
         MigrationFailed,
         connect,
         run,
-        validate_duration,
     )
 
 try:
@@ -335,14 +333,10 @@ class PgMigrate:
 
     def validate(self):
         params = self.params
-        # count, to and name are the core's to check (pg_migrate_core.run): one place for every rule.
+        # count, to, name and the timeouts are the core's to check (pg_migrate_core.run):
+        # one place for every rule.
         if params["advisory_lock_wait"] < 0:
             self.module.fail_json(msg="advisory_lock_wait must be 0 or more seconds")
-        for option in ("lock_timeout", "statement_timeout"):
-            try:
-                validate_duration(option, params[option])
-            except MigrationError as exc:
-                self.module.fail_json(msg=str(exc))
 
     def connection_params(self):
         return connection_params(self.params, application_name=APPLICATION_NAME)

@@ -18,7 +18,6 @@ import os
 import subprocess
 import uuid
 
-import psycopg2
 import pytest
 import yaml
 

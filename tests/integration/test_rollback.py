@@ -425,16 +425,18 @@ def test_a_stale_migration_rollback_record_is_refused_and_nothing_changes(tmp_pa
     (run.backups / "rollback-in-progress.json").unlink()
 
 
-@pytest.mark.parametrize("fingerprint", [
-    {"system_identifier": "1", "migration_rows": []},
-    None,
-], ids=["other-server", "no-fingerprint"])
-def test_a_stale_reset_record_is_refused_and_nothing_is_removed(tmp_path, fingerprint):
+@pytest.mark.parametrize("phase, fingerprint", [
+    ("backup_verified", {"system_identifier": "1", "migration_rows": []}),
+    ("backup_verified", None),
+    # The container was removed, then `make up` put the same volume back to work.
+    ("container_removed", {"system_identifier": "1", "migration_rows": []}),
+], ids=["other-server", "no-fingerprint", "container-removed-then-reused"])
+def test_a_stale_reset_record_is_refused_and_nothing_is_removed(tmp_path, phase, fingerprint):
     run = Runner(tmp_path)
     run.backups.mkdir(mode=0o700)
     record = {"scope": "reset", "database": DB, "container": CONTAINER, "volume": VOLUME,
               "backup": str(run.backups / ("%s-20200101T000000Z-pre-reset.dump" % DB)),
-              "started": "2020-01-01T00:00:00Z", "phase": "backup_verified"}
+              "started": "2020-01-01T00:00:00Z", "phase": phase}
     if fingerprint is not None:
         record["fingerprint"] = fingerprint
     (run.backups / "rollback-in-progress.json").write_text(json.dumps(record))
@@ -498,3 +500,29 @@ def test_a_failed_restore_leaves_the_database_untouched(tmp_path):
     finally:
         sql("DROP TABLE IF EXISTS kept_after_failure")
     assert dump
+
+
+def test_a_restore_that_cannot_decrypt_the_dump_leaves_the_database_untouched(tmp_path):
+    run = Runner(tmp_path)
+    assert run("playbooks/backup.yml").rc == 0
+    [dump] = dumps(run.backups)
+    sql("CREATE TABLE kept_after_bad_key (id int)")
+    try:
+        other_key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
+        failed = run("playbooks/restore.yml", "restore_confirm=" + DB, "restore_backup=" + dump,
+                     "postgres_backup_before_restore=false", env={"POSTGRES_BACKUP_IDENTITY": other_key})
+        assert failed.rc != 0 and "failed and was rolled back" in failed.text, failed
+        assert "AGE-SECRET-KEY" not in failed.output
+        # Nothing was dropped: the schemas, the table made after the dump, every row.
+        assert sql("SELECT to_regclass('kept_after_bad_key') IS NOT NULL") == ["t"]
+        assert sql("SELECT count(*) FROM pgbench_accounts") == [PGBENCH_ROWS]
+        assert applied() == [INITIAL]
+    finally:
+        sql("DROP TABLE IF EXISTS kept_after_bad_key")
+
+
+def test_a_backup_refuses_check_mode(tmp_path):
+    run = Runner(tmp_path)
+    result = run_playbook(*run.args("playbooks/backup.yml"), "--check")
+    assert result.rc != 0 and "does not run in check mode" in " ".join(result.output.split()), result
+    assert not run.backups.exists() or dumps(run.backups) == []

@@ -95,7 +95,7 @@ for s in "$SUITE" "$SUITE-updates" "$SUITE-security"; do
 	compgen -G "$part/var/lib/apt/lists/*_dists_${s}_InRelease" > /dev/null \
 		|| fail "apt-get update brought no signed lists for $s"
 done
-if tail -n "+$((before + 1))" "$log" | grep -Eq '^(W|E|Err):'; then fail "apt-get update reported errors or warnings"; fi
+if grep -Eq '^(W|E|Err):' < <(tail -n "+$((before + 1))" "$log"); then fail "apt-get update reported errors or warnings"; fi
 step "apt-get dist-upgrade" in_root apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade
 # shellcheck disable=SC2086 # PACKAGES is a list of words
 step "apt-get install of $PACKAGES" in_root apt-get -y --no-install-recommends -o Dpkg::Options::=--force-confold install $PACKAGES
