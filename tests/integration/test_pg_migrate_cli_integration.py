@@ -5,7 +5,6 @@ as a backend developer does: a fresh process, the connection in DATABASE_URL.
 """
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -13,12 +12,12 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import migrations_folder, query
+from conftest import NODE_DIR, migrations_folder, node_version, npm_ci, query
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 BIN = ROOT / "bin" / "pg-migrate"
-NODE_DIR = pathlib.Path(__file__).resolve().parent / "node"
-NODE_CLI = NODE_DIR / "node_modules" / "node-pg-migrate" / "bin" / "node-pg-migrate.js"
+# The seed's node-pg-migrate (6.2.2, runs on Debian 12's Node 18).
+NODE_CLI = NODE_DIR / "node_modules" / "node-pg-migrate-v6" / "bin" / "node-pg-migrate"
 FILES = {
     "1710000000001_create-widgets":
         "-- Up Migration\nCREATE TABLE widgets (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE widgets;\n",
@@ -167,11 +166,8 @@ def test_failures_exit_1_with_clear_masked_errors(pg_migrate, scratch_db, folder
 
 @pytest.fixture(scope="session")
 def node_pg_migrate_cli():
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed for the node-pg-migrate interoperability test")
-    if not NODE_CLI.exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
-                       capture_output=True, text=True)
+    node_version()  # fails naming node or npm when missing (SKIP_NODE_TESTS=1 skips)
+    npm_ci(NODE_DIR)
     return NODE_CLI
 
 
