@@ -23,6 +23,7 @@ second, throwaway stack and never touches the one `make up` provisions, e.g.
     TEST_EXTRA_VARS=vars.json DB_SECRETS_DIR=.secrets-t11 pytest tests/integration
 """
 import json
+import contextlib
 import os
 import pathlib
 import re
@@ -107,6 +108,22 @@ def owner_params():
                 password=secret("POSTGRES_OWNER_PASSWORD", "postgres_owner_password"))
 
 
+@contextlib.contextmanager
+def new_database(admin_params, prefix, owner=None):
+    """A database of its own for one test, created and then dropped (open sessions too); yields its name."""
+    name = prefix + uuid.uuid4().hex[:12]
+    conn = psycopg2.connect(**admin_params)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
+    try:
+        yield name
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
 @pytest.fixture
 def scratch_db(admin_params):
     """A fresh, empty database for one test, dropped afterwards.
@@ -114,17 +131,8 @@ def scratch_db(admin_params):
     Yields superuser connection parameters pointing at it, so tests that
     create and drop schema objects never touch `social_selling`.
     """
-    name = "scratch_" + uuid.uuid4().hex[:12]
-    conn = psycopg2.connect(**admin_params)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with new_database(admin_params, "scratch_") as name:
         yield dict(admin_params, dbname=name)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
 
 
 class PlaybookRun:

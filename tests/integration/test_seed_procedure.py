@@ -20,11 +20,10 @@ import json
 import pathlib
 import subprocess
 import sys
-import uuid
 
 import psycopg2
 import pytest
-from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, ROOT, docker_exec, extra_vars_args, playbook_env
+from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, ROOT, docker_exec, extra_vars_args, new_database, playbook_env
 
 BIN = pathlib.Path(sys.executable).parent
 INITIAL = "1710000000001_initial-schema"
@@ -41,33 +40,28 @@ def value(stdout):
 @pytest.fixture
 def seed_db(admin_params):
     """A fresh database bootstrapped like `social_selling`, with no migration applied; dropped afterwards."""
-    name = "seed_" + uuid.uuid4().hex[:12]
-    conn = psycopg2.connect(**admin_params)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" OWNER "{OWNER_ROLE}"')
-        cur.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
-        cur.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{APP_ROLE}"')
-    db = psycopg2.connect(**dict(admin_params, dbname=name))
-    db.autocommit = True
-    with db.cursor() as cur:
-        for extension in EXTENSIONS:
-            cur.execute(f'CREATE EXTENSION IF NOT EXISTS "{extension}"')
-        cur.execute(f'GRANT USAGE ON SCHEMA public TO "{APP_ROLE}"')
-        cur.execute(f'GRANT USAGE, CREATE ON SCHEMA public TO "{OWNER_ROLE}"')
-        for objects, privileges in (("TABLES", "SELECT, INSERT, UPDATE, DELETE"), ("SEQUENCES", "USAGE, SELECT"),
-                                    ("FUNCTIONS", "EXECUTE")):
-            cur.execute(f'ALTER DEFAULT PRIVILEGES FOR ROLE "{OWNER_ROLE}" IN SCHEMA public '
-                        f'GRANT {privileges} ON {objects} TO "{APP_ROLE}"')
-        cur.execute("SELECT to_regclass('public.users') IS NULL, to_regclass('public.pgmigrations') IS NULL")
-        assert cur.fetchone() == (True, True)
-    db.close()
-    try:
-        yield dict(admin_params, dbname=name)
-    finally:
+    with new_database(admin_params, "seed_", owner=OWNER_ROLE) as name:
+        conn = psycopg2.connect(**admin_params)
+        conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
+            cur.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{APP_ROLE}"')
         conn.close()
+        db = psycopg2.connect(**dict(admin_params, dbname=name))
+        db.autocommit = True
+        with db.cursor() as cur:
+            for extension in EXTENSIONS:
+                cur.execute(f'CREATE EXTENSION IF NOT EXISTS "{extension}"')
+            cur.execute(f'GRANT USAGE ON SCHEMA public TO "{APP_ROLE}"')
+            cur.execute(f'GRANT USAGE, CREATE ON SCHEMA public TO "{OWNER_ROLE}"')
+            for objects, privileges in (("TABLES", "SELECT, INSERT, UPDATE, DELETE"), ("SEQUENCES", "USAGE, SELECT"),
+                                        ("FUNCTIONS", "EXECUTE")):
+                cur.execute(f'ALTER DEFAULT PRIVILEGES FOR ROLE "{OWNER_ROLE}" IN SCHEMA public '
+                            f'GRANT {privileges} ON {objects} TO "{APP_ROLE}"')
+            cur.execute("SELECT to_regclass('public.users') IS NULL, to_regclass('public.pgmigrations') IS NULL")
+            assert cur.fetchone() == (True, True)
+        db.close()
+        yield dict(admin_params, dbname=name)
 
 
 @pytest.fixture
