@@ -96,6 +96,11 @@ for s in "$SUITE" "$SUITE-updates" "$SUITE-security"; do
 		|| fail "apt-get update brought no signed lists for $s"
 done
 if grep -Eq '^(W|E|Err):' < <(tail -n "+$((before + 1))" "$log"); then fail "apt-get update reported errors or warnings"; fi
+# The postgres user and group get uid/gid 999 (as in the official image) before any
+# package creates them: files the Docker host writes for the server (pgBackRest's
+# configuration, PgBouncer's) can then be owned by a known id, mode 0600.
+step "creation of the postgres user (uid 999)" in_root sh -c \
+	'groupadd --system --gid 999 postgres && useradd --system --uid 999 --gid 999 --home-dir /var/lib/postgresql --shell /bin/bash postgres'
 step "apt-get dist-upgrade" in_root apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade
 # shellcheck disable=SC2086 # PACKAGES is a list of words
 step "apt-get install of $PACKAGES" in_root apt-get -y --no-install-recommends -o Dpkg::Options::=--force-confold install $PACKAGES

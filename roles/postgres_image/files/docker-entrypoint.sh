@@ -43,6 +43,10 @@ prepare_directories() {
 	if [ "$(id -u)" = 0 ]; then
 		find "$PGDATA" \! -user postgres -exec chown postgres:postgres '{}' +
 		chown postgres:postgres /var/run/postgresql
+		# pgBackRest's repository may be a fresh volume or a host folder.
+		if [ -d /var/lib/pgbackrest ]; then
+			find /var/lib/pgbackrest \! -user postgres -exec chown postgres:postgres '{}' +
+		fi
 	fi
 }
 
