@@ -238,6 +238,20 @@ pool:
            "latency_ms": {"connect": {"count": 20, "p50": 7.5, "p95": 10.7, "max": 11.9},
                           "query": {"count": 20, "p50": 0.25, "p95": 0.33, "max": 1.4}},
            "duration_ms": 151.5}
+archiver:
+  description:
+    - The server's WAL archiving (C(pg_stat_archiver)). C(enabled) is false when C(archive_mode) is off, and
+      then nothing else is given.
+    - C(last_archived_age_s) is the age of the last archived WAL; C(unarchived_bytes) the WAL written after
+      the end of that segment (null when unknown, e.g. on a standby).
+    - C(warnings) when the latest attempt failed, or when WAL has waited more than twice C(archive_timeout);
+      each is also emitted as an Ansible warning.
+  returned: when up
+  type: dict
+  sample: {"enabled": true, "archived_count": 12, "last_archived_wal": "00000001000000000000000C",
+           "last_archived_time": "2026-12-01T17:08:40.1+00:00", "last_archived_age_s": 21.4,
+           "failed_count": 0, "last_failed_wal": null, "last_failed_time": null,
+           "archive_timeout_s": 60, "unarchived_bytes": 0, "warnings": []}
 problems:
   description: What would stop the database serving the app pool, in words (missing extensions,
     short limits, failed pool checks); empty when all is well or when down.
@@ -331,6 +345,8 @@ def main():
         module.fail_json(msg='pg_health failed unexpectedly: %s' % exc,
                          exception=traceback.format_exc())
 
+    for warning in result.get('archiver', {}).get('warnings', []):
+        module.warn(warning)
     if module.params['fail_on_down'] and not result['is_available']:
         module.fail_json(msg='Database is down: %s' % result['reason'], changed=False, **result)
     module.exit_json(changed=False, **result)

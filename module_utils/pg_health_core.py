@@ -566,11 +566,20 @@ SELECT current_setting('server_version') AS server_version,
        (SELECT json_object_agg(name, setting) FROM pg_settings
          WHERE name IN ('max_connections', 'superuser_reserved_connections',
                         'reserved_connections', 'log_statement',
-                        'log_min_duration_statement')) AS settings,
+                        'log_min_duration_statement', 'archive_mode',
+                        'archive_timeout', 'wal_segment_size')) AS settings,
        (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user) AS role_conn_limit,
        (SELECT datconnlimit FROM pg_database WHERE datname = current_database())
            AS db_conn_limit,
-       (SELECT json_object_agg(extname, extversion) FROM pg_extension) AS extensions
+       (SELECT json_object_agg(extname, extversion) FROM pg_extension) AS extensions,
+       (SELECT json_build_object(
+                 'archived_count', archived_count, 'last_archived_wal', last_archived_wal,
+                 'last_archived_time', last_archived_time, 'failed_count', failed_count,
+                 'last_failed_wal', last_failed_wal, 'last_failed_time', last_failed_time,
+                 'age_s', extract(epoch FROM now() - last_archived_time),
+                 'failed_after_archived', last_failed_time > coalesce(last_archived_time, '-infinity'),
+                 'current_lsn', CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END)
+          FROM pg_stat_archiver) AS archiver
 """
 
 
@@ -627,7 +636,7 @@ def probe_health(params, connect_timeout_ms, extensions=DEFAULT_EXTENSIONS,
             _close_quietly(conn)
 
     (version, version_num, raw, role_name, db_name, settings, role_limit, db_limit,
-     installed) = info
+     installed, archiver) = info
     settings = settings or {}
     installed = installed or {}
     result.update({
@@ -647,11 +656,74 @@ def probe_health(params, connect_timeout_ms, extensions=DEFAULT_EXTENSIONS,
         "extensions_missing": [name for name in extensions if name not in installed],
         "query_logging": query_logging_state(settings.get("log_statement"),
                                              settings.get("log_min_duration_statement")),
+        "archiver": archiver_state(archiver or {}, settings),
         "_limits": {"settings": settings, "role_conn_limit": role_limit,
                     "db_conn_limit": db_limit},
     })
     result["latency_ms"]["total"] = _ms(clock() - started)
     return result
+
+
+# ---------------------------------------------------------------------------
+# WAL archiving
+# ---------------------------------------------------------------------------
+
+def _lsn(text):
+    """`X/Y` (pg_lsn as text) as an integer."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _segment_end(wal_name, segment_size):
+    """The LSN just past the end of WAL segment `wal_name` (24 hex digits)."""
+    per_xlogid = 0x100000000 // segment_size
+    log, seg = int(wal_name[8:16], 16), int(wal_name[16:24], 16)
+    return (log * per_xlogid + seg + 1) * segment_size
+
+
+def archiver_state(row, settings):
+    """pg_stat_archiver in words: counts, the last archived WAL and its age, and warnings.
+
+    `row` has pg_stat_archiver's columns plus `age_s` (seconds since the last
+    archive), `failed_after_archived` and `current_lsn`; `settings` holds
+    archive_mode, archive_timeout (s) and wal_segment_size (bytes). Warns when
+    the latest attempt failed, or when WAL written after the last archived
+    segment has waited more than twice archive_timeout (an idle server that
+    writes nothing is not warned about).
+    """
+    enabled = settings.get("archive_mode") in ("on", "always")
+    state = {"enabled": enabled, "warnings": []}
+    if not enabled:
+        return state
+    timeout = int(settings.get("archive_timeout") or 0)
+    segment_size = int(settings.get("wal_segment_size") or 16 * 1024 * 1024)
+    last_wal = row.get("last_archived_wal")
+    age = row.get("age_s")
+    pending = None
+    if row.get("current_lsn") and last_wal and len(last_wal) == 24:
+        pending = max(0, _lsn(row["current_lsn"]) - _segment_end(last_wal, segment_size))
+    state.update({
+        "archived_count": row.get("archived_count"),
+        "last_archived_wal": last_wal,
+        "last_archived_time": row.get("last_archived_time"),
+        "last_archived_age_s": None if age is None else round(float(age), 1),
+        "failed_count": row.get("failed_count"),
+        "last_failed_wal": row.get("last_failed_wal"),
+        "last_failed_time": row.get("last_failed_time"),
+        "archive_timeout_s": timeout,
+        "unarchived_bytes": pending,
+    })
+    if row.get("failed_after_archived"):
+        state["warnings"].append(
+            "WAL archiving is failing: %s failed attempt(s), the latest for %s at %s, after the last "
+            "success (%s); see the server log and `pgbackrest check`"
+            % (row.get("failed_count"), row.get("last_failed_wal"), row.get("last_failed_time"),
+               row.get("last_archived_time") or "never"))
+    if timeout > 0 and age is not None and float(age) > 2 * timeout and pending:
+        state["warnings"].append(
+            "the last WAL archived (%s) is %.0f s old, more than twice archive_timeout (%d s), while "
+            "%d bytes of WAL wait to be archived" % (last_wal, float(age), timeout, pending))
+    return state
 
 
 # ---------------------------------------------------------------------------

@@ -494,3 +494,62 @@ def test_socket_host_that_nothing_listens_on_is_reported_down_naming_it(host, sh
                                   login_db="d", login_password="p", connect_timeout_ms=500))
     assert result["is_available"] is False and result["health"] == core.HEALTH_DOWN
     assert result["reason"].startswith("connection to %s port 1 as u failed: " % shown)
+
+
+# --- WAL archiving (archiver_state) -------------------------------------------------
+
+ARCHIVING_ON = {"archive_mode": "on", "archive_timeout": "60", "wal_segment_size": str(16 * 1024 * 1024)}
+
+
+def _archiver_row(**changes):
+    row = {"archived_count": 5, "last_archived_wal": "000000010000000000000005",
+           "last_archived_time": "2026-12-01T17:00:00+00:00", "failed_count": 0,
+           "last_failed_wal": None, "last_failed_time": None, "age_s": 10.0,
+           "failed_after_archived": False, "current_lsn": "0/6000000"}
+    row.update(changes)
+    return row
+
+
+def test_archiving_off_reports_only_that():
+    from pg_health_core import archiver_state
+    assert archiver_state(_archiver_row(), {"archive_mode": "off"}) == {"enabled": False, "warnings": []}
+
+
+def test_a_recent_archive_gives_no_warning_and_no_pending_wal():
+    from pg_health_core import archiver_state
+    state = archiver_state(_archiver_row(), ARCHIVING_ON)
+    assert state["warnings"] == []
+    assert state["unarchived_bytes"] == 0
+    assert state["last_archived_age_s"] == 10.0
+
+
+def test_an_idle_server_with_an_old_archive_and_nothing_pending_is_not_warned_about():
+    from pg_health_core import archiver_state
+    assert archiver_state(_archiver_row(age_s=900.0), ARCHIVING_ON)["warnings"] == []
+
+
+def test_wal_waiting_longer_than_twice_archive_timeout_is_warned_about():
+    from pg_health_core import archiver_state
+    state = archiver_state(_archiver_row(age_s=121.0, current_lsn="0/6000100"), ARCHIVING_ON)
+    assert state["unarchived_bytes"] == 0x100
+    assert len(state["warnings"]) == 1
+    assert "more than twice archive_timeout (60 s)" in state["warnings"][0]
+    # Exactly twice is still within the promise.
+    assert archiver_state(_archiver_row(age_s=120.0, current_lsn="0/6000100"), ARCHIVING_ON)["warnings"] == []
+
+
+def test_segments_across_a_log_id_boundary_are_counted():
+    from pg_health_core import archiver_state
+    state = archiver_state(_archiver_row(last_archived_wal="0000000100000000000000FF",
+                                         current_lsn="1/2000000"), ARCHIVING_ON)
+    assert state["unarchived_bytes"] == 0x2000000
+
+
+def test_a_failure_after_the_last_success_is_warned_about_naming_the_wal():
+    from pg_health_core import archiver_state
+    state = archiver_state(_archiver_row(failed_count=3, last_failed_wal="000000010000000000000006",
+                                         last_failed_time="2026-12-01T17:01:00+00:00",
+                                         failed_after_archived=True), ARCHIVING_ON)
+    assert len(state["warnings"]) == 1
+    assert "3 failed attempt(s)" in state["warnings"][0]
+    assert "000000010000000000000006" in state["warnings"][0]

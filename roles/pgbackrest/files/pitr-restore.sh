@@ -3,7 +3,7 @@
 # server's image, with the data volume at $PGDATA, the repository and
 # /etc/pgbackrest mounted, and the server's container stopped.
 #
-# Environment: TARGET ('latest' or a UTC time pgBackRest takes), TIMEOUT (seconds
+# Environment: PGUSER (superuser), TARGET ('latest' or a UTC time pgBackRest takes), TIMEOUT (seconds
 # the recovery may take), PGDATA, PGBACKREST_CONFIG, PGBACKREST_STANZA.
 #
 # Restores the files with `pgbackrest restore --delta` (only what differs is
@@ -21,6 +21,11 @@ if [ "$(id -u)" = 0 ]; then
 	exec setpriv --reuid=postgres --regid=postgres --init-groups "$BASH_SOURCE" "$@"
 fi
 
+# The role has checked that no running container uses the data volume: a
+# postmaster.pid left there is from a restore killed midway (a server in this
+# fresh container cannot be running yet).
+rm -f "$PGDATA/postmaster.pid"
+
 if [ "$TARGET" = latest ]; then
 	pgbackrest --delta --type=default --log-level-console=info restore
 else
@@ -28,15 +33,24 @@ else
 fi
 
 log=/tmp/recovery.log
-# hot_standby=off: no connection until the recovery ends, so `pg_ctl -w`
-# returns once the server is promoted, or fails if the target is never reached.
-if ! pg_ctl -D "$PGDATA" -l "$log" -w -t "$TIMEOUT" start -o "-c listen_addresses='' -c hot_standby=off \
-	-c archive_mode=on -c archive_command='pgbackrest archive-push %p'"; then
-	echo "the recovery did not finish; the server's log:" >&2
+fail() {
+	echo "$1; the server's log:" >&2
 	tail -n 30 "$log" >&2
 	exit 1
-fi
+}
+# hot_standby=off: no connection is accepted until the recovery has ended and
+# the server is promoted; if the target is never reached, the server stops.
+# `pg_ctl -w` returns once the recovery is consistent, not when it has ended.
+pg_ctl -D "$PGDATA" -l "$log" -w -t "$TIMEOUT" start -o "-c listen_addresses='' -c hot_standby=off \
+	-c archive_mode=on -c archive_command='pgbackrest archive-push %p'" \
+	|| fail "the server did not start on the restored files"
+deadline=$((SECONDS + TIMEOUT))
+until [ "$(psql -X -q -t -A -h /var/run/postgresql -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do
+	pg_ctl -D "$PGDATA" status > /dev/null || fail "the recovery stopped before the server was promoted"
+	[ "$SECONDS" -lt "$deadline" ] || fail "the recovery did not finish within $TIMEOUT s"
+	sleep 0.5
+done
 grep -E 'recovery stopping|redo done|selected new timeline|archive recovery complete' "$log" || true
-history=$(ls "$PGDATA"/pg_wal/*.history 2>/dev/null | sort | tail -n 1)
+history=$(find "$PGDATA/pg_wal" -maxdepth 1 -name "*.history" | sort | tail -n 1)
 echo "RECOVERY_END=$(tail -n 1 "$history" | tr '\t' ' ')"
 pg_ctl -D "$PGDATA" -m fast -w stop
