@@ -17,7 +17,9 @@ second, throwaway stack and never touches the one `make up` provisions, e.g.
 
     {"db_container_name": "t11_postgres", "db_port": 55440,
      "postgres_container_volume": "t11_pgdata", "postgres_container_network": "t11_net",
-     "postgres_container_config_root": "/etc/t11-postgres", "postgres_backup_dir": "/var/backups/t11"}
+     "postgres_container_config_root": "/etc/t11-postgres", "postgres_backup_dir": "/var/backups/t11",
+     "db_data_volume": "t11_pgdata", "db_pgbackrest_repo": "t11_pgbackrest",
+     "pgbackrest_config_dir": "/etc/t11-pgbackrest"}
 
     ansible-playbook site.yml -e @vars.json
     TEST_EXTRA_VARS=vars.json DB_SECRETS_DIR=.secrets-t11 pytest tests/integration
@@ -53,10 +55,12 @@ APP_ROLE = EXTRA_VARS.get("db_app_user", "social_selling_user")
 OWNER_ROLE = EXTRA_VARS.get("db_owner_user", "social_selling_owner")
 CONTAINER = EXTRA_VARS.get("db_container_name", "social_selling_postgres")
 DB_PORT = int(EXTRA_VARS.get("db_port", 5432))
-VOLUME = EXTRA_VARS.get("postgres_container_volume", "social_selling_pgdata")
+VOLUME = EXTRA_VARS.get("db_data_volume", EXTRA_VARS.get("postgres_container_volume", "social_selling_pgdata"))
 NETWORK = EXTRA_VARS.get("postgres_container_network", "social_selling")
 CONFIG_ROOT = EXTRA_VARS.get("postgres_container_config_root", "/etc/social-selling-postgres")
 BACKUP_DIR = EXTRA_VARS.get("postgres_backup_dir", "/var/backups/social-selling")
+PGBACKREST_REPO = EXTRA_VARS.get("db_pgbackrest_repo", "social_selling_pgbackrest")
+PGBACKREST_CONFIG_DIR = EXTRA_VARS.get("pgbackrest_config_dir", "/etc/social-selling-pgbackrest")
 
 
 def extra_vars_args():
@@ -151,8 +155,20 @@ class PlaybookRun:
     def changed(self):
         return self.recap.get("changed")
 
+    @property
+    def changed_tasks(self):
+        """Names of the tasks that reported a change."""
+        names, task = [], None
+        for line in self.output.splitlines():
+            if line.startswith("TASK ["):
+                task = line[6:].split("]")[0]
+            elif line.startswith("changed:") and task and task not in names:
+                names.append(task)
+        return names
+
     def __repr__(self):
-        return f"PlaybookRun(rc={self.rc}, recap={self.recap})\n{self.output[-4000:]}"
+        return (f"PlaybookRun(rc={self.rc}, recap={self.recap}, changed tasks={self.changed_tasks})\n"
+                f"{self.output[-4000:]}")
 
 
 def run_playbook(*args, env=None, timeout=900):
@@ -202,6 +218,28 @@ def docker_exec(container, *argv, env=None, stdin=None, check=False, timeout=120
     if check and proc.returncode != 0:
         raise AssertionError(f"docker exec {container} {argv[0]} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def socket_sql(query, db=DB_NAME):
+    """One query as the superuser through the container's socket; its rows as text lines."""
+    out = docker("exec", CONTAINER, "psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-U", "postgres",
+                 "-d", db, "-Atc", query)
+    return [line for line in out.splitlines() if line]
+
+
+# A database of realistic size: pgbench's tables at this scale make it 113 MB.
+PGBENCH_SCALE = 7
+PGBENCH_ROWS = str(PGBENCH_SCALE * 100000)
+
+
+def ensure_realistic_size():
+    """pgbench's tables at PGBENCH_SCALE in the app's database, made again when a test removed them."""
+    present = socket_sql("SELECT to_regclass('pgbench_accounts') IS NOT NULL")[0] == "t"
+    if not present or socket_sql("SELECT count(*) FROM pgbench_accounts") != [PGBENCH_ROWS]:
+        docker("exec", CONTAINER, "pgbench", "-U", "postgres", "-i", "-q", "-s", str(PGBENCH_SCALE), DB_NAME)
+    size = int(socket_sql("SELECT pg_database_size(current_database())")[0])
+    assert size >= 100 * 1024 * 1024, size
+    return size
 
 
 def container_id(name=CONTAINER):

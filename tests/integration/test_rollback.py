@@ -24,7 +24,8 @@ import uuid
 
 import pytest
 
-from conftest import CONTAINER, DB_NAME as DB, EXTRA_VARS as EXTRA, ROOT, VOLUME, container_id, docker, \
+from conftest import CONTAINER, DB_NAME as DB, EXTRA_VARS as EXTRA, PGBENCH_ROWS, ROOT, VOLUME, container_id, docker, \
+    ensure_realistic_size, socket_sql, \
     extra_vars_args, playbook_env, run_playbook, secret
 
 INITIAL = "1710000000001_initial-schema"
@@ -55,11 +56,8 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not container_running(), reason="container %s is not running" % CONTAINER)]
 
 
-def sql(query, db=DB):
-    """One query as the superuser through the container's socket; its rows as text lines."""
-    out = docker("exec", CONTAINER, "psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-U", "postgres",
-                 "-d", db, "-Atc", query)
-    return [line for line in out.splitlines() if line]
+# One query as the superuser through the container's socket.
+sql = socket_sql
 
 
 def applied():
@@ -153,20 +151,6 @@ def provisioned_at_the_end():
 
 # pgbench's tables at this scale make the database about 113 MB: every backup,
 # restore, rollback and reset here handles a database of realistic size.
-PGBENCH_SCALE = 7
-PGBENCH_ROWS = str(PGBENCH_SCALE * 100000)
-
-
-def ensure_realistic_size():
-    """pgbench's tables at PGBENCH_SCALE, made again when a reset (in any test order) removed them."""
-    present = sql("SELECT to_regclass('pgbench_accounts') IS NOT NULL")[0] == "t"
-    if not present or sql("SELECT count(*) FROM pgbench_accounts") != [PGBENCH_ROWS]:
-        docker("exec", CONTAINER, "pgbench", "-U", "postgres", "-i", "-q", "-s", str(PGBENCH_SCALE), DB)
-    size = int(sql("SELECT pg_database_size(current_database())")[0])
-    assert size >= 100 * 1024 * 1024, size
-    return size
-
-
 @pytest.fixture(scope="module", autouse=True)
 def realistic_size(provisioned_at_the_end):
     yield ensure_realistic_size()
