@@ -63,6 +63,7 @@ bench: $(VENV)/.installed
 	python bench/bench_health.py
 	python bench/bench_migrations.py
 	python bench/bench_commands.py
+	python bench/bench_pitr.py
 
 clean-venv:
 	rm -rf $(VENV)
