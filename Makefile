@@ -54,7 +54,10 @@ lint: $(VENV)/.installed
 unit: $(VENV)/.installed
 	pytest tests/unit
 
+# The tests take over the local stack: it is removed first (molecule/default/teardown.yml), so that
+# converge starts from nothing with the secrets of this clone.
 molecule: $(VENV)/.installed $(BIN)/pg-migrate node test-tools
+	ansible-playbook molecule/default/teardown.yml
 	molecule test
 
 test: lint unit molecule

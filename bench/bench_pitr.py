@@ -35,6 +35,7 @@ BIN = pathlib.Path(sys.executable).parent
 CONTAINER = "social_selling_postgres"
 VOLUME = "social_selling_pgdata"
 DB = "bench_pitr"
+RECORD = "/var/backups/social-selling/pitr-restore-social_selling.json"
 
 
 def sh(*argv, stdin=None, stdout=subprocess.PIPE):
@@ -109,11 +110,13 @@ def main():
                 samples["load"].append(timed(decrypt_and_load))
                 print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in samples.items()), flush=True)
         finally:
-            for name in set(sh("docker", "volume", "ls", "-q").split()) - volumes_before:
-                if name.startswith(VOLUME + "-pre-restore-"):
-                    sh("docker", "volume", "rm", name)
-            psql("DROP DATABASE IF EXISTS bench_pitr_load WITH (FORCE)")
-            psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+            # The copies the bench's restores kept, unless a restore is unfinished (it still needs its copy).
+            if not pathlib.Path(RECORD).exists():
+                for name in set(sh("docker", "volume", "ls", "-q").split()) - volumes_before:
+                    if name.startswith(VOLUME + "-pre-restore-"):
+                        sh("docker", "volume", "rm", name)
+                psql("DROP DATABASE IF EXISTS bench_pitr_load WITH (FORCE)")
+                psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
     median = {k: statistics.median(v) for k, v in samples.items()}
     rows = [
