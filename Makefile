@@ -31,7 +31,8 @@ $(BIN)/pg-migrate: bin/pg-migrate | $(VENV)/.installed
 cli: $(BIN)/pg-migrate
 
 # The node-pg-migrate and pg-promise tests need Node.js and npm: Debian's when node is absent
-# (bookworm's Node 18 runs node-pg-migrate 6.2.2 and pg-promise; 9.x runs where Node is 20.11+).
+# (bookworm's Node 18 runs node-pg-migrate 6.2.2, pg-promise and npm ci; 9.x runs on the Node.js 20
+# that tests/integration/node-v9 pins for Linux x86_64, elsewhere where the system node is 20.11+).
 # SKIP_NODE_TESTS=1 installs nothing and skips those tests.
 node:
 	@if [ "$$SKIP_NODE_TESTS" != 1 ] && ! { command -v node && command -v npm; } >/dev/null; then \

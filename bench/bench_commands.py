@@ -21,7 +21,9 @@ with the row's target; the baseline of a ratio target runs in the same round.
 Rows c-g run against any server, each on fresh databases it creates and
 drops: PGTEST_HOST (127.0.0.1), PGTEST_PORT (5432), PGTEST_ADMIN_USER
 (postgres), POSTGRES_ADMIN_PASSWORD or .secrets/postgres_admin_password, as
-bench_migrations.py (whose helpers this reuses). The playbook is pointed at
+bench_migrations.py (whose helpers this reuses; node-pg-migrate 9 runs as
+there, on the Node.js 20 pinned in tests/integration/node-v9 on Linux x86_64:
+node_binary). The playbook is pointed at
 that server with -e @<0600 file> (postgres_migrations_login_*,
 postgres_migrations_dir), never a password on a command line. The migrations
 are bench_migrations.py's generated workloads ("trivial": one SELECT each;
@@ -50,7 +52,7 @@ import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_migrations import (  # noqa: E402  (the benches' shared helpers)
-    NODE_CLI, ROOT, admin, ensure_node_modules, generate, libpq_env, node_version,
+    NODE_CLI, ROOT, admin, ensure_node_modules, generate, libpq_env, node_binary, node_version,
     server_params)
 
 import psycopg2  # noqa: E402
@@ -182,7 +184,7 @@ class Workdir:
 
 
 def node_up(folder, env):
-    return timed(["node", str(NODE_CLI), "up", "--migrations-dir", str(folder),
+    return timed([node_binary(), str(NODE_CLI), "up", "--migrations-dir", str(folder),
                   "--database-url-var", "DATABASE_URL", "--no-verbose"], env)[0]
 
 

