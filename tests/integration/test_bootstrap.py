@@ -11,7 +11,7 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, docker_exec, query, run_playbook
+from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, docker_exec, query, run_playbook, secret
 
 EXTENSIONS = ["pg_stat_statements", "pg_trgm", "pgcrypto", "uuid-ossp"]
 
@@ -122,6 +122,7 @@ def test_no_password_appears_in_output_even_with_vvv(admin_params, app_params, o
     assert run.rc == 0, run
     for params in (admin_params, app_params, owner_params):
         assert params["password"] not in run.output
+    assert secret("PGBACKREST_REPO_CIPHER_PASS", "pgbackrest_cipher_pass") not in run.output
 
 
 def test_no_password_reaches_the_log_pg_stat_statements_or_the_volume_after_a_rotation(admin_params):
@@ -143,9 +144,9 @@ def test_no_password_reaches_the_log_pg_stat_statements_or_the_volume_after_a_ro
     finally:
         restored = run_playbook("site.yml")
         assert restored.rc == 0, restored
-    for name, secret in rotated.items():
-        assert not [q for q in statements if secret in q], f"{name} in pg_stat_statements"
-        assert secret not in logs.stdout + logs.stderr, f"{name} in the server log"
+    for name, password in rotated.items():
+        assert not [q for q in statements if password in q], f"{name} in pg_stat_statements"
+        assert password not in logs.stdout + logs.stderr, f"{name} in the server log"
     assert on_volume.returncode == 1 and on_volume.stdout == "", f"passwords in files on the volume: {on_volume.stdout}"
 
 

@@ -12,7 +12,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import CONTAINER, DB_PORT, NETWORK, VOLUME, container_id, docker, run_playbook, wait_until_ready
+from conftest import CONTAINER, DB_PORT, NETWORK, VOLUME, container_id, docker, run_playbook, secret, wait_until_ready
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,7 @@ def test_docker_inspect_shows_no_password(inspect, admin_params, app_params, own
     text = json.dumps(inspect)
     for params in (admin_params, app_params, owner_params):
         assert params["password"] not in text
+    assert secret("PGBACKREST_REPO_CIPHER_PASS", "pgbackrest_cipher_pass") not in text
     env_names = [entry.split("=", 1)[0] for entry in inspect["Config"]["Env"]]
     assert "POSTGRES_PASSWORD" not in env_names
     assert "POSTGRES_PASSWORD_FILE" in env_names

@@ -171,7 +171,9 @@ def test_node_pg_migrate_cannot_run_while_we_hold_the_migration_lock(node_pg_mig
     assert "Another migration is already running" in completed.stdout + completed.stderr
 
 
-SLOW = {"1710000000001_slow-create": "-- Up Migration\nSELECT pg_sleep(4);\nCREATE TABLE slow (id int);\n\n"
+# Holds node-pg-migrate's lock for 12 s: longer than ansible-playbook takes to start on a loaded
+# 2-core machine (a 4 s hold let node-pg-migrate finish first, and the "gives up" case never waited).
+SLOW = {"1710000000001_slow-create": "-- Up Migration\nSELECT pg_sleep(12);\nCREATE TABLE slow (id int);\n\n"
                                      "-- Down Migration\nDROP TABLE slow;\n"}
 
 
@@ -200,7 +202,7 @@ def _migrate_playbook(scratch_db, migrations, tmp_path, lock_wait):
 @pytest.mark.parametrize("lock_wait", [30, 1], ids=["waits it out", "gives up after advisory_lock_wait"])
 def test_our_module_waits_for_the_lock_the_real_node_pg_migrate_holds(node_pg_migrate, scratch_db, tmp_path,
                                                                       lock_wait):
-    """node-pg-migrate runs a 4 s migration holding its lock; the module waits (timed) for it, or gives up."""
+    """node-pg-migrate runs a 12 s migration holding its lock; the module waits (timed) for it, or gives up."""
     (tmp_path / "slow").mkdir()
     slow = migrations_folder(tmp_path / "slow", SLOW)
     theirs = node_pg_migrate.start("up", migrations=slow)

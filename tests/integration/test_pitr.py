@@ -135,6 +135,20 @@ def test_restore_to_an_instant_keeps_what_came_before_and_drops_what_came_after(
     assert migrate(folder, "down").returncode == 0
 
 
+def test_an_instant_after_the_last_commit_restores_everything_committed():
+    """PostgreSQL reaches a time target only at a later commit: the restore commits one itself first."""
+    owner("CREATE TABLE IF NOT EXISTS pitr_rows (value text PRIMARY KEY)")
+    tag = uuid.uuid4().hex[:8]
+    owner("INSERT INTO pitr_rows VALUES (%s)", (f"last-{tag}",))
+    settle()
+    target = server_now()  # nothing is committed after this instant
+
+    result = restore(target)
+
+    assert result.rc == 0, result
+    assert owner("SELECT count(*) FROM pitr_rows WHERE value = %s", (f"last-{tag}",)) == [(1,)]
+
+
 def image():
     return docker("inspect", "--format", "{{.Config.Image}}", CONTAINER).strip()
 
