@@ -14,10 +14,12 @@ pgbench's tables at --scale (68: about 1 GB). Then, --runs times each:
           (the whole cluster: safety copy of the data volume, restore, recovery, restart, health)
   load    pg_restore -j 2 of that dump into an empty database
 
-Targets: a PITR restore at most 1.5 x pg_restore of the same data (it also
-copies the data volume aside and replays WAL), a full backup at most 2 x
-pg_dump | age (it also checks and verifies the whole repository). Prints
-medians and maxima, exits 1 when a target is missed or a command fails. The
+Target: a PITR restore at most 1.5 x pg_restore of the same data (it also
+copies the data volume aside and replays WAL). The full backup is reported
+beside pg_dump | age with no target: it backs up the whole cluster, then
+`verify` reads every backup in the repository, where pg_dump reads one
+database and nothing checks its output. Prints medians and maxima, exits 1
+when the target is missed or a command fails. The
 bench's full backups count against the repository's retention like any
 other; its volumes and database are removed at the end.
 """
@@ -122,17 +124,18 @@ def main():
 
     median = {k: statistics.median(v) for k, v in samples.items()}
     rows = [
-        ("full backup (backup.yml, with check and verify)", "full", "dump", 2.0),
+        ("full backup (backup.yml, with check and verify)", "full", "dump", None),
         ("PITR restore (restore.yml, whole cluster)", "pitr", "load", 1.5),
     ]
     print(f"\n{'command':52} {'median':>8} {'max':>8} {'baseline':>9} {'ratio':>6} {'target':>7}")
     missed = False
     for label, ours, baseline, limit in rows:
         ratio = median[ours] / median[baseline]
-        ok = ratio <= limit
+        ok = limit is None or ratio <= limit
         missed |= not ok
+        verdict = "reported" if limit is None else "met" if ok else "MISSED"
         print(f"{label:52} {median[ours]:7.1f}s {max(samples[ours]):7.1f}s {median[baseline]:8.1f}s "
-              f"{ratio:5.2f}x {'<=' + str(limit) + 'x':>7} {'met' if ok else 'MISSED'}")
+              f"{ratio:5.2f}x {'-' if limit is None else '<=' + str(limit) + 'x':>7} {verdict}")
     print(f"{'pg_dump -Fc | age (baseline of the backup)':52} {median['dump']:7.1f}s {max(samples['dump']):7.1f}s")
     print(f"{'age -d, pg_restore -j 2 (baseline of the restore)':52} {median['load']:7.1f}s "
           f"{max(samples['load']):7.1f}s")
