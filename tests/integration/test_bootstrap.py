@@ -117,6 +117,27 @@ def test_rotating_postgres_password_changes_once_then_nothing(app_params):
     psycopg2.connect(**app_params).close()
 
 
+def test_rotating_postgres_owner_password_changes_once_then_nothing(owner_params):
+    new_password = "rotated-owner-" + uuid.uuid4().hex
+    try:
+        first = run_playbook("site.yml", env={"POSTGRES_OWNER_PASSWORD": new_password})
+        assert first.rc == 0 and first.changed == 1, first
+        second = run_playbook("site.yml", env={"POSTGRES_OWNER_PASSWORD": new_password})
+        assert second.rc == 0 and second.changed == 0, second
+        # The new password logs in and can still do the owner's work (DDL); the old one is refused.
+        with psycopg2.connect(**dict(owner_params, password=new_password)) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE owner_rotation_probe (id int)")
+        with pytest.raises(psycopg2.OperationalError,
+                           match=f'password authentication failed for user "{OWNER_ROLE}"'):
+            psycopg2.connect(**owner_params)
+    finally:
+        restored = run_playbook("site.yml")
+    assert restored.rc == 0 and restored.changed == 1, restored
+    psycopg2.connect(**owner_params).close()
+    with pytest.raises(psycopg2.OperationalError, match=f'password authentication failed for user "{OWNER_ROLE}"'):
+        psycopg2.connect(**dict(owner_params, password=new_password))
+
+
 def test_no_password_appears_in_output_even_with_vvv(admin_params, app_params, owner_params):
     run = run_playbook("site.yml", "-vvv")
     assert run.rc == 0, run

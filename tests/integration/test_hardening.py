@@ -4,16 +4,26 @@ The production tests converge the shared container with app_env=production
 (TLS required) and put it back to development afterwards.
 """
 import datetime
+import hashlib
+import ipaddress
 import json
 import os
 import pathlib
+import socket
+import ssl
+import struct
 import subprocess
 import uuid
 
 import psycopg2
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import APP_ROLE, CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, container_id, docker_exec, query, run_playbook, secret
+from conftest import (APP_ROLE, CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, _server, container_id, docker_exec, query,
+                      run_playbook, secret)
 
 CA_FILE = CONFIG_ROOT + "/ca.crt"
 
@@ -53,6 +63,12 @@ def app_env_of_the_test(request):
 def production():
     """The container converged with app_env=production (development again before the next other test)."""
     _converge("production")
+
+
+def _admin_login():
+    """The superuser's connection parameters, for class-scoped fixtures (conftest's are per test)."""
+    return dict(_server(), user=os.environ.get("PGTEST_ADMIN_USER", "postgres"), dbname="postgres",
+                password=secret("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password"))
 
 
 def _connect(params, **extra):
@@ -163,6 +179,127 @@ def test_bad_tls_files_fail_before_any_change(other_ca_pair, files, message):
     assert run.rc != 0 and message in run.output, run
     assert run.changed == 0, run
     assert container_id() == before
+
+
+# Your own certificate: postgres_container_ssl_cert_file, _key_file and _ca_file.
+
+def _write_pem(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+def _make_ca(folder, name):
+    """A self-signed CA of our own: (its key, its certificate, the certificate's PEM path)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert, _write_pem(folder / (name + ".crt"), cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _served_certificate(cafile, host="localhost"):
+    """The DER certificate the server presents, fetched as libpq does (SSLRequest, then TLS), verified
+    against cafile and the host name."""
+    context = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection(("127.0.0.1", DB_PORT), timeout=10) as sock:
+        sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+        assert sock.recv(1) == b"S", "the server refused TLS"
+        with context.wrap_socket(sock, server_hostname=host) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+_OWN_TLS_PATHS = [CA_FILE, CONFIG_ROOT + "/conf/server.crt", CONFIG_ROOT + "/conf/server.key"]
+
+
+class TestOwnCertificate:
+    """A CA and a server certificate of our own, given to the role with TLS on; the stack's TLS
+    state before (files on the Docker host, ssl on or off) is put back afterwards."""
+
+    @pytest.fixture(scope="class")
+    def own(self, tmp_path_factory):
+        _converge("development")
+        folder = tmp_path_factory.mktemp("own-tls")
+        ca_key, ca_cert, ca_file = _make_ca(folder, "own-test-ca")
+        server_key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        server_cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "own-test-server")]))
+            .issuer_name(ca_cert.subject).public_key(server_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+        _, _, other_ca_file = _make_ca(folder, "other-test-ca")
+        files = {
+            "postgres_container_ssl_cert_file": _write_pem(
+                folder / "server.crt", server_cert.public_bytes(serialization.Encoding.PEM)),
+            "postgres_container_ssl_key_file": _write_pem(folder / "server.key", server_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())),
+            "postgres_container_ssl_ca_file": ca_file,
+        }
+        admin = _admin_login()
+        ssl_before = query(admin, "SHOW ssl")[0][0]
+        served_before = _served_certificate(CA_FILE) if ssl_before == "on" else None
+        saved = {}
+        for path in _OWN_TLS_PATHS:
+            saved[path] = (pathlib.Path(path).read_bytes(), os.stat(path)) if os.path.exists(path) else None
+        extra = json.dumps(dict(files, postgres_container_ssl=True))
+        try:
+            first = run_playbook("site.yml", "-e", extra)
+            assert first.rc == 0, first
+            again = run_playbook("site.yml", "-e", extra)
+            yield {"first": first, "again": again, "ca_file": ca_file, "other_ca_file": other_ca_file,
+                   "cert": server_cert}
+        finally:
+            for path, kept in saved.items():
+                if kept is None:
+                    pathlib.Path(path).unlink(missing_ok=True)
+                else:
+                    content, stat = kept
+                    pathlib.Path(path).write_bytes(content)
+                    os.chown(path, stat.st_uid, stat.st_gid)
+                    os.chmod(path, stat.st_mode & 0o7777)
+            restored = run_playbook("site.yml")
+            assert restored.rc == 0, restored
+            assert query(admin, "SHOW ssl")[0][0] == ssl_before
+            if served_before is not None:
+                assert _served_certificate(CA_FILE) == served_before
+
+    def test_own_certificate_is_accepted_and_a_rerun_changes_nothing(self, own):
+        assert own["first"].changed >= 1, own["first"]
+        assert own["again"].rc == 0 and own["again"].changed == 0, own["again"]
+
+    @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+    def test_verify_full_with_own_ca_connects_over_tls(self, own, app_params, host):
+        with _connect(app_params, host=host, sslmode="verify-full", sslrootcert=own["ca_file"]) as conn, \
+                conn.cursor() as cur:
+            cur.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert cur.fetchone() in [(True, "TLSv1.2"), (True, "TLSv1.3")]
+
+    def test_the_server_presents_exactly_the_own_certificate(self, own):
+        served = x509.load_der_x509_certificate(_served_certificate(own["ca_file"]))
+        assert served.serial_number == own["cert"].serial_number
+        assert hashlib.sha256(served.public_bytes(serialization.Encoding.DER)).hexdigest() == \
+            hashlib.sha256(own["cert"].public_bytes(serialization.Encoding.DER)).hexdigest()
+
+    def test_the_ca_published_for_clients_is_the_own_ca(self, own):
+        # Application containers mount CONFIG_ROOT/ca.crt (README, "Connecting an application container").
+        assert pathlib.Path(CA_FILE).read_bytes() == pathlib.Path(own["ca_file"]).read_bytes()
+
+    def test_a_client_trusting_another_ca_is_refused(self, own, app_params):
+        with pytest.raises(psycopg2.OperationalError, match="certificate verify failed"):
+            _connect(app_params, sslmode="verify-full", sslrootcert=own["other_ca_file"])
 
 
 # Backups: encrypted with age before they reach the disk.
