@@ -24,7 +24,7 @@ import yaml
 
 import pg_health_core
 import pg_migrate_core as core
-from conftest import (CONTAINER, DB_NAME, DB_PORT, EXTRA_VARS, NODE_DIR, NODE_V9_DIR, ROOT, APP_ROLE,
+from conftest import (CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, EXTRA_VARS, NODE_DIR, NODE_V9_DIR, ROOT, APP_ROLE,
                       OWNER_ROLE, SECRETS_DIR, docker, migrations_folder, new_database, node_version, npm_ci,
                       query, run_playbook, secret)
 
@@ -396,6 +396,15 @@ def test_the_auth_role_is_no_superuser_reads_no_pg_authid_and_looks_up_the_app_r
     assert query(auth, lookup, (OWNER_ROLE,)) == []
 
 
+def test_a_lost_grant_on_the_lookup_function_is_put_back_by_the_next_run():
+    query(direct_admin(DB_NAME), f'REVOKE EXECUTE ON FUNCTION pgbouncer.user_lookup(text) FROM "{AUTH_USER}"')
+    run = converge()
+    assert run.changed == 1 and "Install the SECURITY DEFINER lookup function" in run.output, run
+    assert query(direct_admin(DB_NAME), "SELECT has_function_privilege(%s, 'pgbouncer.user_lookup(text)', 'EXECUTE')",
+                 (AUTH_USER,)) == [(True,)]
+    assert converge().changed == 0
+
+
 def test_a_wrong_password_is_refused():
     with pytest.raises(psycopg2.OperationalError, match="SASL authentication failed"):
         psycopg2.connect(**params(DB_PORT, APP_ROLE, "wrong-" + uuid.uuid4().hex))
@@ -464,3 +473,24 @@ def test_probe_pooler_reads_show_pools_and_stats_as_the_stats_user():
     refused = pg_health_core.probe_pooler(
         dict({k: v for k, v in stats_params().items() if k != "connect_timeout"}, password="wrong"), DB_NAME, 2000)
     assert not refused["is_available"] and "SASL authentication failed" in refused["reason"]
+
+
+# ---------------------------------------------------------------------------
+# TLS with the server's (production)
+# ---------------------------------------------------------------------------
+
+def test_in_production_clients_need_tls_to_pgbouncer_and_pgbouncer_verifies_the_server():
+    ca = os.path.join(CONFIG_ROOT, "ca.crt")
+    try:
+        converge("-e", "app_env=production")
+        assert converge("-e", "app_env=production").changed == 0
+        rows = query(pooled_app(sslmode="verify-full", sslrootcert=ca),
+                     "SELECT current_user, current_setting('server_version')")
+        assert rows[0][0] == APP_ROLE
+        with pytest.raises(psycopg2.OperationalError, match="SSL required"):
+            psycopg2.connect(**pooled_app(sslmode="disable"))
+        # PgBouncer's own connections to the server are TLS too.
+        assert query(direct_admin(), "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                                     "WHERE a.usename IN (%s, %s)", (APP_ROLE, AUTH_USER)) == [(True,)]
+    finally:
+        converge("-e", "app_env=development")
