@@ -431,6 +431,15 @@ def test_no_password_is_in_pgbouncer_log_docker_inspect_or_its_config():
         assert (oct(info.st_mode & 0o777), info.st_uid) == ("0o600", 999)
 
 
+def test_no_password_is_in_the_output_of_site_yml_with_the_pooler_on_even_with_vvv():
+    passwords = [(SECRETS_DIR / name).read_text().strip() for name in
+                 ("postgres_app_password", "postgres_admin_password", "pooler_auth_password",
+                  "pooler_stats_password")]
+    run = converge("-vvv")
+    for password in passwords:
+        assert password not in run.output
+
+
 # ---------------------------------------------------------------------------
 # A killed PgBouncer restarts by itself; health says so
 # ---------------------------------------------------------------------------
