@@ -197,7 +197,9 @@ def test_switching_the_pooler_off_and_on_again_loses_nothing():
 
 def test_500_concurrent_app_clients_use_at_most_pool_plus_reserve_backends():
     clients = 500
+    # All connected (first barrier), PgBouncer counted them, then all query at once (second).
     barrier = threading.Barrier(clients + 1, timeout=120)
+    go = threading.Barrier(clients + 1, timeout=120)
     errors, results, peak = [], [], [0]
     done = threading.Event()
 
@@ -207,10 +209,12 @@ def test_500_concurrent_app_clients_use_at_most_pool_plus_reserve_backends():
         except psycopg2.Error as exc:
             errors.append("connect: %s" % exc)
             barrier.abort()
+            go.abort()
             return
         try:
             conn.autocommit = True
-            barrier.wait()  # all 500 connected at once before any query
+            barrier.wait()
+            go.wait()
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_sleep(0.05), 1")
                 results.append(cur.fetchone()[1])
@@ -231,6 +235,7 @@ def test_500_concurrent_app_clients_use_at_most_pool_plus_reserve_backends():
     barrier.wait()
     clients_active = sum(row["cl_active"] + row["cl_waiting"] for row in show("POOLS") if row["user"] == APP_ROLE)
     watcher.start()
+    go.wait()
     for thread in threads:
         thread.join(120)
     done.set()
