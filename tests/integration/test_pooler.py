@@ -35,6 +35,8 @@ POOL_MAX = int(SETTINGS["db_pool_max"])
 # group_vars: default_pool_size = pool max, reserve_pool_size = ceil(pool max / 4).
 DEFAULT_POOL_SIZE = POOL_MAX
 RESERVE_POOL_SIZE = -(-POOL_MAX // 4)
+# The server is sized on PgBouncer's ceiling for the app role, not on its pools.
+SERVER_CONNECTIONS_MAX = int(SETTINGS["db_pooler_server_connections_max"])
 STATS_USER = SETTINGS["db_pooler_stats_user"]
 AUTH_USER = SETTINGS["db_pooler_auth_user"]
 ON = ["-e", "db_pooler=pgbouncer"]
@@ -148,29 +150,40 @@ def test_site_yml_again_with_the_pooler_on_changes_nothing():
 
 def test_server_max_connections_no_longer_grows_with_app_instances():
     rows = query(direct_admin(), "SHOW max_connections")
-    assert int(rows[0][0]) == DEFAULT_POOL_SIZE + RESERVE_POOL_SIZE + 20
+    assert int(rows[0][0]) == SERVER_CONNECTIONS_MAX + 20
     # Ten instances instead of two: nothing to change, on the server or PgBouncer.
     assert converge("-e", "db_app_instances=10", "--check").changed == 0
-    assert int(query(direct_admin(), "SHOW max_connections")[0][0]) == DEFAULT_POOL_SIZE + RESERVE_POOL_SIZE + 20
+    assert int(query(direct_admin(), "SHOW max_connections")[0][0]) == SERVER_CONNECTIONS_MAX + 20
 
 
 def test_a_pool_size_change_reloads_pgbouncer_without_restart_or_dropping_a_client():
     started = inspect(POOLER)["State"]["StartedAt"]
+    server_started = inspect(CONTAINER)["State"]["StartedAt"]
     client = psycopg2.connect(**pooled_app())
     client.autocommit = True
     try:
-        run = converge("-e", "pgbouncer_default_pool_size=%d" % (DEFAULT_POOL_SIZE - 5))
-        assert run.changed >= 1 and "Reload PgBouncer" in run.output, run
+        # The seed's pool grown from 20 to 24: PgBouncer's pool 24 + reserve 6, within the ceiling.
+        run = converge("-e", "db_pool_max=%d" % (POOL_MAX + 4))
+        assert run.changed == 2 and "Reload PgBouncer" in run.output, run  # pgbouncer.ini and the reload
         config = {row["key"]: row["value"] for row in show("CONFIG")}
-        assert config["default_pool_size"] == str(DEFAULT_POOL_SIZE - 5)
+        assert (config["default_pool_size"], config["reserve_pool_size"]) == (str(POOL_MAX + 4), "6")
         with client.cursor() as cur:  # the client opened before the reload is still served
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
         assert inspect(POOLER)["State"]["StartedAt"] == started
+        assert inspect(CONTAINER)["State"]["StartedAt"] == server_started
     finally:
         client.close()
         converge()
     assert {row["key"]: row["value"] for row in show("CONFIG")}["default_pool_size"] == str(DEFAULT_POOL_SIZE)
+
+
+def test_pools_beyond_the_server_ceiling_are_refused_before_any_change():
+    run = run_playbook("site.yml", *ON, "-e", "db_pool_max=40")
+    assert run.rc != 0
+    assert ("db_pooler_server_connections=50 (allowed up to db_pooler_server_connections_max=%d"
+            % SERVER_CONNECTIONS_MAX) in re.sub(r"\s+", " ", run.output), run
+    assert run.changed == 0
 
 
 def test_switching_the_pooler_off_and_on_again_loses_nothing():
