@@ -68,6 +68,8 @@ bench: $(VENV)/.installed
 	python bench/bench_migrations.py
 	python bench/bench_commands.py
 	python bench/bench_pitr.py
+	@if [ "$$(docker ps -q --filter name=^social_selling_pgbouncer$$)" ]; then python bench/bench_pooler.py; \
+	  else echo 'bench_pooler.py skipped: db_pooler is not pgbouncer on this stack (see bench/README.md)'; fi
 
 clean-venv:
 	rm -rf $(VENV)

@@ -97,6 +97,25 @@ options:
         connections in C(pg_stat_activity).
     type: str
     default: pg_health
+  pooler:
+    description:
+      - >-
+        What serves the endpoint: V(none), the server itself, or V(pgbouncer) in transaction
+        pooling. With V(pgbouncer) the headroom is checked against O(pooler_server_connections),
+        the pool check counts client connections (an idle client holds no server connection),
+        and PgBouncer's own view is read when O(pooler_stats_user) is set.
+    type: str
+    choices: [none, pgbouncer]
+    default: none
+  pooler_server_connections:
+    description: Server connections PgBouncer may open for the role (pool + reserve), 1 to 10000.
+    type: int
+  pooler_stats_user:
+    description: A user of PgBouncer's C(stats_users), for C(SHOW POOLS) and C(SHOW STATS).
+    type: str
+  pooler_stats_password:
+    description: Its password. Never printed (C(no_log)).
+    type: str
   fail_on_down:
     description: Fail the task when the database is down, instead of only reporting it.
     type: bool
@@ -252,6 +271,23 @@ archiver:
            "last_archived_time": "2026-12-01T17:08:40.1+00:00", "last_archived_age_s": 21.4,
            "failed_count": 0, "last_failed_wal": null, "last_failed_time": null,
            "archive_timeout_s": 60, "unarchived_bytes": 0, "warnings": []}
+pooler:
+  description:
+    - >-
+      PgBouncer's view of the database (O(pooler=pgbouncer) with O(pooler_stats_user)):
+      clients active and waiting, server connections, the longest current wait, totals
+      from C(SHOW STATS), and one entry per role; C(is_available) false with C(reason)
+      when the admin console does not answer.
+  returned: when O(pooler=pgbouncer) and O(pooler_stats_user) is set
+  type: dict
+  sample: {"is_available": true, "reason": "", "clients_active": 1, "clients_waiting": 0,
+           "server_connections": 2, "server_active": 1, "max_wait_ms": 0.0,
+           "stats": {"total_xact_count": 120, "total_query_count": 130, "avg_xact_time_ms": 0.4,
+                     "avg_query_time_ms": 0.3, "avg_wait_time_ms": 0.0},
+           "users": {"social_selling_user": {"clients_active": 1, "clients_waiting": 0,
+                                             "server_active": 1, "server_idle": 1,
+                                             "server_login": 0, "max_wait_ms": 0.0,
+                                             "pool_mode": "transaction"}}}
 problems:
   description: What would stop the database serving the app pool, in words (missing extensions,
     short limits, failed pool checks); empty when all is well or when down.
@@ -324,6 +360,10 @@ def argument_spec():
         pool_idle_timeout_ms=dict(type='int', default=30000),
         app_instances=dict(type='int', default=2),
         application_name=dict(type='str', default='pg_health'),
+        pooler=dict(type='str', default='none', choices=['none', 'pgbouncer']),
+        pooler_server_connections=dict(type='int'),
+        pooler_stats_user=dict(type='str'),
+        pooler_stats_password=dict(type='str', no_log=True),
         fail_on_down=dict(type='bool', default=False),
     )
     return spec

@@ -19,6 +19,9 @@ it is unit-tested directly and reused by the benchmark:
   the server can answer: min opened, growth to max under the role, connect
   times). How the `Pool` class itself waits, refuses and reaps is the same
   on every server: unit tests check it, not each deploy.
+* `probe_pooler` / `summarize_pooler`: PgBouncer's own view (`SHOW POOLS`,
+  `SHOW STATS` on its admin console as a stats user) when a pooler serves
+  the app's endpoint: clients active and waiting, server connections, max wait.
 * `run_checks`: everything above, as the module returns it.
 
 Connection options become libpq keywords through the shared
@@ -74,7 +77,10 @@ RANGES = {
     "pool_max": (1, 10000),
     "pool_idle_timeout_ms": (1, 86400000),
     "app_instances": (1, 1000),
+    "pooler_server_connections": (1, 10000),
 }
+
+POOLERS = ("none", "pgbouncer")
 
 
 class PgHealthError(Exception):
@@ -130,6 +136,13 @@ def validate_options(opts):
     check("pool_max")
     check("app_instances")
     check("pool_idle_timeout_ms", " ms")
+    check("pooler_server_connections")
+    pooler = opts.get("pooler")
+    if pooler is not None and pooler not in POOLERS:
+        errors.append("pooler=%r is not one of: %s" % (pooler, ", ".join(POOLERS)))
+    elif pooler == "pgbouncer" and opts.get("pooler_server_connections") is None:
+        errors.append("pooler=pgbouncer needs pooler_server_connections (PgBouncer's pool + "
+                      "reserve for the role): the server's limits are checked against it")
 
     pool_max = opts.get("pool_max")
     pool_min = opts.get("pool_min")
@@ -744,7 +757,7 @@ def _server_view(conn, application_name, timeout):
 
 
 def check_pool(params, pool_min, pool_max, idle_timeout_ms, connect_timeout_ms,
-               application_name, connect=pg_connect, clock=time.perf_counter):
+               application_name, connect=pg_connect, clock=time.perf_counter, pooled=False):
     """Run a real pool configured as the app's and report what the server saw.
 
     Steps: open min and read pg_stat_activity; borrow up to max, all held at
@@ -753,7 +766,10 @@ def check_pool(params, pool_min, pool_max, idle_timeout_ms, connect_timeout_ms,
     this run's application_name); `SELECT 1` on every held connection; close
     the pool. Only what depends on the server is checked here: that the pool
     waits then refuses beyond max and closes idle connections is how `Pool`
-    itself behaves, covered by the unit tests. Never raises for a
+    itself behaves, covered by the unit tests. With `pooled` (a transaction
+    pooler serves the endpoint) an idle client holds no server connection:
+    the checks count the client connections, and the server's counts are
+    only reported. Never raises for a
     database-side failure: the first one is in `errors` and `ok` is false.
     """
     timeout = connect_timeout_ms / 1000.0
@@ -823,10 +839,10 @@ def check_pool(params, pool_min, pool_max, idle_timeout_ms, connect_timeout_ms,
     role = params.get("user")
     checks = {
         "opens min at start": result["opened_at_start"] == pool_min and (
-            pool_min == 0 or result["server_connections_at_start"] == pool_min),
-        "grows to max": result["reached"] == pool_max
-        and result["server_connections_at_peak"] == pool_max
-        and set(result["server_roles_at_peak"]) == {role},
+            pooled or pool_min == 0 or result["server_connections_at_start"] == pool_min),
+        "grows to max": result["reached"] == pool_max and (
+            pooled or (result["server_connections_at_peak"] == pool_max
+                       and set(result["server_roles_at_peak"]) == {role})),
         "opens within connect timeout": result["all_opened_within_connect_timeout"] is True,
     }
     result["checks"] = checks
@@ -834,6 +850,94 @@ def check_pool(params, pool_min, pool_max, idle_timeout_ms, connect_timeout_ms,
     result["latency_ms"] = {"connect": latency_summary(connect_ms),
                             "query": latency_summary(query_ms)}
     result["duration_ms"] = _ms(clock() - started)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The pooler's own view (PgBouncer's admin console)
+# ---------------------------------------------------------------------------
+
+def _int(row, key):
+    try:
+        return int(row.get(key) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def summarize_pooler(pools, stats, database):
+    """PgBouncer's view of `database` from `SHOW POOLS` and `SHOW STATS` rows.
+
+    `pools` and `stats` are lists of dicts keyed by the column names PgBouncer
+    gives (1.18: cl_active, cl_waiting, sv_active, sv_idle, sv_used,
+    sv_tested, sv_login, maxwait, maxwait_us; total_xact_count,
+    total_query_count, avg_xact_time, avg_query_time, avg_wait_time, in
+    microseconds). Pools of other databases (the auth_query role's pool is
+    counted with its database) are left out. Returns the totals and one
+    entry per role.
+    """
+    mine = [row for row in pools if row.get("database") == database]
+    users = collections.OrderedDict()
+    for row in mine:
+        users[row.get("user")] = {
+            "clients_active": _int(row, "cl_active"),
+            "clients_waiting": _int(row, "cl_waiting"),
+            "server_active": _int(row, "sv_active"),
+            "server_idle": _int(row, "sv_idle") + _int(row, "sv_used") + _int(row, "sv_tested"),
+            "server_login": _int(row, "sv_login"),
+            "max_wait_ms": round(_int(row, "maxwait") * 1000.0 + _int(row, "maxwait_us") / 1000.0, 3),
+            "pool_mode": row.get("pool_mode"),
+        }
+    total = {
+        "clients_active": sum(u["clients_active"] for u in users.values()),
+        "clients_waiting": sum(u["clients_waiting"] for u in users.values()),
+        "server_connections": sum(u["server_active"] + u["server_idle"] + u["server_login"]
+                                  for u in users.values()),
+        "server_active": sum(u["server_active"] for u in users.values()),
+        "max_wait_ms": max([u["max_wait_ms"] for u in users.values()] or [0.0]),
+    }
+    stat = next((row for row in stats if row.get("database") == database), {})
+    total["stats"] = {
+        "total_xact_count": _int(stat, "total_xact_count"),
+        "total_query_count": _int(stat, "total_query_count"),
+        "avg_xact_time_ms": round(_int(stat, "avg_xact_time") / 1000.0, 3),
+        "avg_query_time_ms": round(_int(stat, "avg_query_time") / 1000.0, 3),
+        "avg_wait_time_ms": round(_int(stat, "avg_wait_time") / 1000.0, 3),
+    }
+    total["users"] = dict(users)
+    return total
+
+
+def _show(conn, what):
+    with conn.cursor() as cur:
+        cur.execute("SHOW " + what)
+        names = [col[0] for col in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def probe_pooler(params, database, connect_timeout_ms, connect=None):
+    """Read `SHOW POOLS` and `SHOW STATS` on PgBouncer's admin console.
+
+    `params` are libpq keywords of the stats user on the admin database
+    (`pgbouncer`). The console speaks the simple query protocol only and no
+    transactions, hence a plain autocommit connection. Never raises for an
+    expected failure: `is_available` false and `reason` say it.
+    """
+    result = {"is_available": False, "reason": ""}
+    conn = None
+    try:
+        # libpq counts whole seconds, at least 2.
+        timeout = max(2, int(math.ceil(connect_timeout_ms / 1000.0)))
+        conn = (connect or psycopg2.connect)(connect_timeout=timeout, **params)
+        conn.autocommit = True
+        result.update(summarize_pooler(_show(conn, "POOLS"), _show(conn, "STATS"), database))
+        result["is_available"] = True
+    except (psycopg2.Error, OSError) as exc:
+        result["reason"] = "PgBouncer's admin console at %s port %s as %s: %s" % (
+            params.get("host"), params.get("port"), params.get("user"),
+            _strip_prefix(first_line(exc)))
+    finally:
+        if conn is not None:
+            _close_quietly(conn)
     return result
 
 
@@ -868,13 +972,20 @@ def run_checks(opts, clock=time.perf_counter):
     limits = result.pop("_limits", None)
     problems = []
     result["application_name"] = app_name
+    pooled = opts.get("pooler") == "pgbouncer"
     if result["is_available"]:
-        # What the app needs: every instance's pool at its maximum. Margins
-        # for other clients are the deployment's to size, not this check's.
+        # What the app needs: every instance's pool at its maximum, or with a
+        # pooler the server connections it may open for the role. Margins for
+        # other clients are the deployment's to size, not this check's.
+        if pooled:
+            required = opts["pooler_server_connections"]
+            basis = "PgBouncer's pool + reserve for %s" % result["role"]
+        else:
+            required = pool_max * app_instances
+            basis = "%d app instance(s) x pool max %d" % (app_instances, pool_max)
         headroom = compute_headroom(
             limits["settings"], result["role"], limits["role_conn_limit"],
-            result["database"], limits["db_conn_limit"], pool_max * app_instances,
-            "%d app instance(s) x pool max %d" % (app_instances, pool_max))
+            result["database"], limits["db_conn_limit"], required, basis)
         headroom.update(pool_max=pool_max, app_instances=app_instances)
         result["headroom"] = headroom
         problems.extend("extension %s is not installed" % name
@@ -882,13 +993,22 @@ def run_checks(opts, clock=time.perf_counter):
         problems.extend(item["message"] for item in result["headroom"]["short"])
         if opts.get("pool_check", True):
             pool = check_pool(params, opts.get("pool_min", 2), pool_max, idle_ms,
-                              opts.get("connect_timeout_ms", 2000), app_name, clock=clock)
+                              opts.get("connect_timeout_ms", 2000), app_name, clock=clock,
+                              pooled=pooled)
             result["pool"] = pool
             problems.extend("pool check: %s failed" % name
                             for name, ok in pool["checks"].items() if not ok)
             problems.extend("pool check: %s" % err for err in pool["errors"])
         else:
             result["pool"] = {"skipped": True}
+    if pooled and opts.get("pooler_stats_user"):
+        stats_params = dict(host=params.get("host"), port=params.get("port"),
+                            user=opts["pooler_stats_user"],
+                            password=opts.get("pooler_stats_password"), dbname="pgbouncer")
+        result["pooler"] = probe_pooler(stats_params, params.get("dbname"),
+                                        opts.get("connect_timeout_ms", 2000))
+        if result["is_available"] and not result["pooler"]["is_available"]:
+            problems.append("pooler: %s" % result["pooler"]["reason"])
     result["problems"] = problems
     result["duration_ms"] = _ms(clock() - started)
     return result

@@ -553,3 +553,75 @@ def test_a_failure_after_the_last_success_is_warned_about_naming_the_wal():
     assert len(state["warnings"]) == 1
     assert "3 failed attempt(s)" in state["warnings"][0]
     assert "000000010000000000000006" in state["warnings"][0]
+
+
+# ---------------------------------------------------------------------------
+# A pooler (PgBouncer) in front of the server (issue 14)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, expected", [
+    ({"pooler": "pgpool"}, "pooler='pgpool' is not one of: none, pgbouncer"),
+    ({"pooler": "pgbouncer"}, "pooler=pgbouncer needs pooler_server_connections"),
+    ({"pooler": "pgbouncer", "pooler_server_connections": 0},
+     "pooler_server_connections=0 is out of range: allowed 1 to 10000"),
+])
+def test_a_bad_pooler_option_is_refused_naming_the_value(override, expected):
+    errors = core.validate_options(dict(VALID, **override))
+    assert any(expected in error for error in errors), errors
+
+
+def test_with_pgbouncer_the_headroom_is_its_pool_not_every_instance(monkeypatch):
+    def probe(params, connect_timeout_ms, extensions, application_name, clock):
+        return {"is_available": True, "role": "app", "database": "db", "extensions_missing": [],
+                "_limits": {"settings": PG15_SETTINGS, "role_conn_limit": 30, "db_conn_limit": -1}}
+
+    monkeypatch.setattr(core, "probe_health", probe)
+    opts = dict(VALID, login_user="app", login_db="db", pool_max=20, app_instances=10, pool_check=False)
+    assert core.run_checks(dict(opts, pooler="pgbouncer", pooler_server_connections=25))["problems"] == []
+    assert core.run_checks(dict(opts, pooler="pgbouncer", pooler_server_connections=31))["problems"] == [
+        "role limit 30 is short by 1 for PgBouncer's pool + reserve for app = 31"]
+    assert "role limit 30 is short by 170 for 10 app instance(s) x pool max 20 = 200" \
+        in core.run_checks(opts)["problems"]
+
+
+POOLS = [
+    {"database": "pgbouncer", "user": "pgbouncer", "cl_active": 1, "cl_waiting": 0, "sv_active": 0,
+     "sv_idle": 0, "sv_used": 0, "sv_tested": 0, "sv_login": 0, "maxwait": 0, "maxwait_us": 0,
+     "pool_mode": "statement"},
+    {"database": "db", "user": "auth", "cl_active": 0, "cl_waiting": 0, "sv_active": 0,
+     "sv_idle": 1, "sv_used": 0, "sv_tested": 0, "sv_login": 0, "maxwait": 0, "maxwait_us": 0,
+     "pool_mode": "transaction"},
+    {"database": "db", "user": "app", "cl_active": 480, "cl_waiting": 20, "sv_active": 25,
+     "sv_idle": 0, "sv_used": 0, "sv_tested": 0, "sv_login": 0, "maxwait": 1, "maxwait_us": 250000,
+     "pool_mode": "transaction"},
+]
+STATS = [
+    {"database": "db", "total_xact_count": 1000, "total_query_count": 1200, "avg_xact_time": 1500,
+     "avg_query_time": 900, "avg_wait_time": 2500},
+    {"database": "pgbouncer", "total_xact_count": 3},
+]
+
+
+def test_summarize_pooler_counts_the_database_pools_only_and_gives_the_longest_wait():
+    view = core.summarize_pooler(POOLS, STATS, "db")
+    assert (view["clients_active"], view["clients_waiting"], view["server_connections"],
+            view["server_active"], view["max_wait_ms"]) == (480, 20, 26, 25, 1250.0)
+    assert view["users"]["app"]["pool_mode"] == "transaction"
+    assert set(view["users"]) == {"auth", "app"}
+    assert view["stats"] == {"total_xact_count": 1000, "total_query_count": 1200, "avg_xact_time_ms": 1.5,
+                             "avg_query_time_ms": 0.9, "avg_wait_time_ms": 2.5}
+
+
+def test_summarize_pooler_of_an_unknown_database_is_all_zero():
+    view = core.summarize_pooler(POOLS, STATS, "other")
+    assert (view["clients_active"], view["server_connections"], view["max_wait_ms"], view["users"]) == (0, 0, 0.0, {})
+
+
+def test_probe_pooler_reports_a_refused_console_without_raising():
+    def refuse(**kwargs):
+        raise core.psycopg2.OperationalError("FATAL:  SASL authentication failed")
+
+    result = core.probe_pooler({"host": "127.0.0.1", "port": 5432, "user": "stats", "password": "x",
+                                "dbname": "pgbouncer"}, "db", 2000, connect=refuse)
+    assert result == {"is_available": False, "reason": "PgBouncer's admin console at 127.0.0.1 port 5432 as stats: "
+                                                        "FATAL: SASL authentication failed"}
