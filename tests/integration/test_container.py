@@ -121,8 +121,15 @@ def test_stop_signal_is_sigint(inspect):
 
 
 def test_server_runs_as_the_postgres_user():
-    out = docker("exec", CONTAINER, "stat", "-c", "%U", "/proc/1")
+    postmaster = docker("exec", CONTAINER, "sh", "-c", 'head -n 1 "$PGDATA/postmaster.pid"').strip()
+    out = docker("exec", CONTAINER, "stat", "-c", "%U", f"/proc/{postmaster}")
     assert out.strip() == "postgres"
+
+
+def test_docker_init_is_pid_1_so_orphans_never_reach_the_postmaster(inspect):
+    # The postmaster takes any unknown child exiting non-zero for a crashed backend (test_pitr.py).
+    assert inspect["HostConfig"]["Init"] is True
+    assert docker("exec", CONTAINER, "sh", "-c", 'head -n 1 "$PGDATA/postmaster.pid"').strip() != "1"
 
 
 def test_tcp_connections_require_scram(admin_params):

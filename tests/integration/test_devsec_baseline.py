@@ -44,11 +44,12 @@ def test_postgres_02_stable_postgresql_version():
 
 
 def test_postgres_03_one_postgresql_instance():
-    # docker top lists host PIDs: the postmaster is the postgres process whose parent is no postgres process.
+    # docker top lists host PIDs: the postmaster is the postgres process whose parent is no postgres
+    # process (Docker's init, PID 1 of the container, or outside it).
     lines = docker("top", CONTAINER, "-eo", "pid,ppid,args").splitlines()[1:]
     processes = [line.split(None, 2) for line in lines]
-    pids = {pid for pid, _, _ in processes}
-    postmasters = [p for p in processes if p[2].startswith("postgres") and p[1] not in pids]
+    postgres_pids = {pid for pid, _, args in processes if args.startswith("postgres")}
+    postmasters = [p for p in processes if p[2].startswith("postgres") and p[1] not in postgres_pids]
     assert len(postmasters) == 1, lines
 
 

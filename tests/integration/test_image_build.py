@@ -291,8 +291,10 @@ def test_a_registry_image_is_pinned_by_its_digest(pushed_image, mode, refresh, t
     name, digest_ref, image = pushed_image
     playbook = tmp_path / "pin.yml"
     playbook.write_text(PIN_PLAYBOOK)
+    # The registry path: a container that needs no tool only the built image has (archiving off).
     run = run_playbook(str(playbook), "-e", json.dumps({
         "postgres_image_name": name, "postgres_image_build": mode, "postgres_image_refresh": refresh,
+        "postgres_image_tools_required": False,
         "postgres_image_build_repository": REPOSITORY, "postgres_image_build_dir": str(BUILD_DIR)}))
     assert run.rc == 0, run
     assert resolved_ref(run) == digest_ref
@@ -302,6 +304,20 @@ def test_a_registry_image_is_pinned_by_its_digest(pushed_image, mode, refresh, t
     assert "Debootstrap" not in run.output
     if refresh:
         assert "Try to pull the image" in run.output and run.changed == 0, run
+
+
+def test_auto_runs_the_built_image_when_the_container_needs_pgbackrest(pushed_image, build, tmp_path):
+    # Archiving on (the default): pgBackRest is only in the built image, so `auto` neither pulls nor
+    # runs the registry's image even though it is there.
+    name, digest_ref, _ = pushed_image
+    playbook = tmp_path / "pin.yml"
+    playbook.write_text(PIN_PLAYBOOK)
+    run = run_playbook(str(playbook), "-e", json.dumps({
+        "postgres_image_name": name, "postgres_image_build": "auto",
+        "postgres_image_build_repository": REPOSITORY, "postgres_image_build_dir": str(BUILD_DIR)}))
+    assert run.rc == 0, run
+    assert resolved_ref(run) == build["ref"]
+    assert re.search(r"Try to pull the image\] \**\s*\nskipping:", run.output), run
 
 
 def test_an_image_without_a_digest_is_used_by_its_name(tmp_path):

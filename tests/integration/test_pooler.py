@@ -10,6 +10,7 @@ and the server is published on 127.0.0.1:db_direct_port.
 Every test proves one "Done means" bullet of the issue against the real
 containers; refusals match PgBouncer's own message.
 """
+import datetime
 import json
 import os
 import re
@@ -461,6 +462,10 @@ def test_no_password_is_in_the_output_of_site_yml_with_the_pooler_on_even_with_v
 # ---------------------------------------------------------------------------
 
 def test_killed_pgbouncer_restarts_by_itself_clients_reconnect_and_health_says_what_happened():
+    # Docker applies a restart policy only to a container that has been up 10 s (so that one that
+    # cannot start does not loop): a test run just after a recreation waits for that first.
+    started = datetime.datetime.fromisoformat(inspect(POOLER)["State"]["StartedAt"][:26].rstrip("Z") + "+00:00")
+    time.sleep(max(0.0, 11 - (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()))
     before = inspect(POOLER)
     client = psycopg2.connect(**pooled_app())
     client.autocommit = True
