@@ -296,6 +296,18 @@ def test_reset_with_confirmation_leaves_a_fresh_bootstrapped_migrated_healthy_da
     assert not (reset["run"].backups / "rollback-in-progress.json").exists()
 
 
+def test_after_a_reset_the_new_cluster_is_archived_and_has_a_full_backup(reset):
+    # A reset makes a new cluster: pgBackRest's stanza follows it (stanza-upgrade), or archiving fails.
+    assert reset["result"].rc == 0
+    system_id = sql("SELECT system_identifier FROM pg_control_system()")[0]
+    info = json.loads(docker("exec", "--user", "postgres", CONTAINER, "pgbackrest", "info", "--output=json"))[0]
+    current = info["db"][-1]
+    assert str(current["system-id"]) == system_id
+    assert [b for b in info["backup"] if b["database"]["id"] == current["id"] and b["type"] == "full"]
+    docker("exec", "--user", "postgres", CONTAINER, "pgbackrest", "check")
+    assert sql("SELECT last_failed_time IS NULL OR last_failed_time < last_archived_time FROM pg_stat_archiver") == ["t"]
+
+
 def test_reset_writes_a_verified_backup_before_removing_anything(reset):
     # The reset's one dump; a restore test of this module may add a -pre-restore one beside it.
     [name] = [n for n in dumps(reset["run"].backups) if not n.endswith("-pre-restore.dump")]
