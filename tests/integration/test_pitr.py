@@ -346,6 +346,10 @@ def test_a_restore_killed_midway_continues_when_run_again():
 
 def test_site_yml_again_changes_nothing_and_takes_no_new_full_backup():
     fulls = [b["label"] for b in info()["backup"] if b["type"] == "full"]
+    # A restore in this module may have gone back to before the last run's grants (on tables other
+    # tests made): the first run may put them back; the second must change nothing.
+    first = run_playbook("site.yml")
+    assert first.rc == 0, first
 
     result = run_playbook("site.yml")
 

@@ -300,7 +300,10 @@ def test_after_a_reset_the_new_cluster_is_archived_and_has_a_full_backup(reset):
     # A reset makes a new cluster: pgBackRest's stanza follows it (stanza-upgrade), or archiving fails.
     assert reset["result"].rc == 0
     system_id = sql("SELECT system_identifier FROM pg_control_system()")[0]
-    info = json.loads(docker("exec", "--user", "postgres", CONTAINER, "pgbackrest", "info", "--output=json"))[0]
+    stanzas = json.loads(docker("exec", "--user", "postgres", CONTAINER, "pgbackrest", "info", "--output=json"))
+    # An empty list: the container has no PGBACKREST_STANZA, i.e. it was created without archiving.
+    assert stanzas, docker("inspect", "--format", "{{json .Config.Env}} {{json .Mounts}}", CONTAINER)
+    info = stanzas[0]
     current = info["db"][-1]
     assert str(current["system-id"]) == system_id
     assert [b for b in info["backup"] if b["database"]["id"] == current["id"] and b["type"] == "full"]
