@@ -285,17 +285,21 @@ PIN_PLAYBOOK = """---
 """
 
 
+def run_pin_playbook(tmp_path, **variables):
+    """The image role in a play that prints postgres_image_ref, under this module's repository and build folder."""
+    playbook = tmp_path / "pin.yml"
+    playbook.write_text(PIN_PLAYBOOK)
+    return run_playbook(str(playbook), "-e", json.dumps({
+        "postgres_image_build_repository": REPOSITORY, "postgres_image_build_dir": str(BUILD_DIR), **variables}))
+
+
 @pytest.mark.parametrize("mode, refresh", [("never", False), ("auto", True)],
                          ids=["present image", "pulled again by a refresh"])
 def test_a_registry_image_is_pinned_by_its_digest(pushed_image, mode, refresh, tmp_path):
     name, digest_ref, image = pushed_image
-    playbook = tmp_path / "pin.yml"
-    playbook.write_text(PIN_PLAYBOOK)
     # The registry path: a container that needs no tool only the built image has (archiving off).
-    run = run_playbook(str(playbook), "-e", json.dumps({
-        "postgres_image_name": name, "postgres_image_build": mode, "postgres_image_refresh": refresh,
-        "postgres_image_tools_required": False,
-        "postgres_image_build_repository": REPOSITORY, "postgres_image_build_dir": str(BUILD_DIR)}))
+    run = run_pin_playbook(tmp_path, postgres_image_name=name, postgres_image_build=mode,
+                           postgres_image_refresh=refresh, postgres_image_tools_required=False)
     assert run.rc == 0, run
     assert resolved_ref(run) == digest_ref
     # The reference names the same image, and the age report reads it.
@@ -310,11 +314,7 @@ def test_auto_runs_the_built_image_when_the_container_needs_pgbackrest(pushed_im
     # Archiving on (the default): pgBackRest is only in the built image, so `auto` neither pulls nor
     # runs the registry's image even though it is there.
     name, digest_ref, _ = pushed_image
-    playbook = tmp_path / "pin.yml"
-    playbook.write_text(PIN_PLAYBOOK)
-    run = run_playbook(str(playbook), "-e", json.dumps({
-        "postgres_image_name": name, "postgres_image_build": "auto",
-        "postgres_image_build_repository": REPOSITORY, "postgres_image_build_dir": str(BUILD_DIR)}))
+    run = run_pin_playbook(tmp_path, postgres_image_name=name, postgres_image_build="auto")
     assert run.rc == 0, run
     assert resolved_ref(run) == build["ref"]
     assert re.search(r"Try to pull the image\] \**\s*\nskipping:", run.output), run
@@ -326,11 +326,7 @@ def test_an_image_without_a_digest_is_used_by_its_name(tmp_path):
                    input=subprocess.run(["tar", "-c", "-T", "/dev/null"], capture_output=True, check=True).stdout,
                    capture_output=True, check=True)
     try:
-        playbook = tmp_path / "pin.yml"
-        playbook.write_text(PIN_PLAYBOOK)
-        run = run_playbook(str(playbook), "-e", json.dumps({
-            "postgres_image_name": local, "postgres_image_build": "never",
-            "postgres_image_build_repository": REPOSITORY, "postgres_image_build_dir": str(BUILD_DIR)}))
+        run = run_pin_playbook(tmp_path, postgres_image_name=local, postgres_image_build="never")
         assert run.rc == 0, run
         assert resolved_ref(run) == local
     finally:
