@@ -7,6 +7,7 @@ removes the volumes its restores kept (data as it was before the restore).
 """
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -261,6 +262,41 @@ def test_a_wrong_passphrase_is_refused_with_a_clear_error_and_changes_nothing():
     assert "W" * 64 not in result.output
     assert config_digest() == before and started_at() == container
     assert pgbackrest("check", check=False) == ""  # archiving still works with the right passphrase
+
+
+READ_REPOSITORY = """
+- name: Read the repository as site.yml does when the server is down
+  hosts: docker_hosts
+  gather_facts: false
+  tasks:
+    - name: Read the state of the stanza
+      ansible.builtin.include_role:
+        name: pgbackrest
+        tasks_from: info
+      vars:
+        pgbackrest_container_running: false
+        pgbackrest_config_dir: {config_dir}
+        pgbackrest_image: {image}
+"""
+
+
+def test_a_repository_made_with_another_passphrase_is_named_with_a_clear_error(tmp_path):
+    """Its configuration lost (a new clone, a wiped /etc): the decrypted garbage must not hide the cause."""
+    config_dir = tmp_path / "conf"
+    config_dir.mkdir()
+    with open(f"{PGBACKREST_CONFIG_DIR}/pgbackrest.conf") as real:
+        conf = re.sub(r"(?m)^repo1-cipher-pass=.*$", "repo1-cipher-pass=" + "W" * 64, real.read())
+    (config_dir / "pgbackrest.conf").write_text(conf)
+    for path in (config_dir, config_dir / "pgbackrest.conf"):
+        os.chown(path, 999, 999)
+    (tmp_path / "read.yml").write_text(READ_REPOSITORY.format(config_dir=config_dir, image=image()))
+
+    result = run_playbook(str(tmp_path / "read.yml"))
+
+    assert result.rc != 0, result
+    assert "cannot be decrypted with the configured passphrase" in result.output, result
+    assert "Refusing to deserialize" not in result.output
+    assert "W" * 64 not in result.output
 
 
 def test_a_corrupted_backup_file_is_reported_by_verify_and_fails_the_backup():
