@@ -11,6 +11,8 @@
 #   /docker-entrypoint-initdb.d/*.sh|*.sql|*.sql.gz|*.sql.xz|*.sql.zst
 #                                               run once, on an empty data directory
 #   `postgres -c key=value ...` as the command  server options
+# Beyond that contract: `patroni <config>` and `etcd ...` as the command run
+# those services as the postgres and etcd users (roles/postgres_cluster).
 # Stricter than the official image: every TCP connection uses scram-sha-256;
 # POSTGRES_HOST_AUTH_METHOD may only name that method (no trust, no md5).
 set -Eeuo pipefail
@@ -105,13 +107,38 @@ first_start() {
 	log "initialisation complete; starting the server"
 }
 
+# The cluster's services (roles/postgres_cluster): each owns its data folder,
+# which may be a fresh volume, and runs as its own user, never as root.
+run_service() {
+	local user=$1 dir=$2
+	shift 2
+	if [ "$(id -u)" = 0 ]; then
+		mkdir -p "$dir"
+		chmod 00700 "$dir"
+		find "$dir" \! -user "$user" -exec chown "$user:$user" '{}' +
+		if [ "$user" = postgres ]; then
+			mkdir -p /var/run/postgresql
+			chmod 03775 /var/run/postgresql
+			chown postgres:postgres /var/run/postgresql
+			if [ -d /var/lib/pgbackrest ]; then
+				find /var/lib/pgbackrest \! -user postgres -exec chown postgres:postgres '{}' +
+			fi
+		fi
+		exec setpriv --reuid="$user" --regid="$user" --init-groups "$@"
+	fi
+	exec "$@"
+}
+
 main() {
 	if [ "${1:0:1}" = '-' ]; then
 		set -- postgres "$@"
 	fi
-	if [ "$1" != postgres ]; then
-		exec "$@"
-	fi
+	case "$1" in
+		patroni) run_service postgres "$PGDATA" "$@" ;;
+		etcd) run_service etcd "${ETCD_DATA_DIR:-/var/lib/etcd/default}" "$@" ;;
+		postgres) ;;
+		*) exec "$@" ;;
+	esac
 	# Settings are read as root: a password file may be readable by root only.
 	load_settings
 	prepare_directories
