@@ -3,6 +3,7 @@
 #               and install the migrations command line as .venv/bin/pg-migrate
 #   make cli    install .venv/bin/pg-migrate only (no provisioning)
 #   make test   lint, unit tests, then `molecule test` (converge, idempotence, integration tests)
+#               for the single server, then for the cluster (scenario `cluster`)
 #   make bench  the benchmarks under bench/
 SHELL := /bin/bash
 VENV := .venv
@@ -56,10 +57,13 @@ unit: $(VENV)/.installed
 	pytest tests/unit
 
 # The tests take over the local stack: it is removed first (molecule/default/teardown.yml), so that
-# converge starts from nothing with the secrets of this clone.
+# converge starts from nothing with the secrets of this clone; then again before the cluster
+# scenario (db_topology=cluster), which leaves the cluster running.
 molecule: $(VENV)/.installed $(BIN)/pg-migrate node test-tools
 	ansible-playbook molecule/default/teardown.yml
 	molecule test
+	ansible-playbook molecule/default/teardown.yml
+	molecule test --scenario-name cluster
 
 test: lint unit molecule
 
