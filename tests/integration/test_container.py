@@ -207,3 +207,12 @@ def test_a_changed_setting_recreates_the_container_and_keeps_the_data(admin_para
         with psycopg2.connect(**admin_params) as conn, conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {marker}")
     assert restored.rc == 0, restored
+
+
+def test_a_cluster_is_refused_beside_the_single_server_before_anything_changes():
+    started = docker("inspect", "--format", "{{.State.StartedAt}}", CONTAINER)
+    run = run_playbook("site.yml", "-e", "db_topology=cluster")
+    assert run.rc != 0 and "is the single server" in run.output and "Nothing was changed" in run.output, run
+    assert run.changed == 0
+    assert docker("inspect", "--format", "{{.State.StartedAt}}", CONTAINER) == started
+    assert docker("ps", "--all", "--quiet", "--filter", f"name=^{CONTAINER}_1$").strip() == ""
