@@ -121,7 +121,7 @@ def playbook(*args):
     return [str(BIN / "ansible-playbook"), *args]
 
 
-def site():
+def site_playbook():
     """site.yml on the stack the bench runs against (TEST_EXTRA_VARS, as in the tests)."""
     return playbook(*extra_vars_args(), "site.yml")
 
@@ -269,7 +269,7 @@ def container_image():
 def site_round(rows, samples, image):
     """One round of rows a and b against the project's own container."""
     if "a" in rows:
-        elapsed, output = timed(site(), playbook_env())
+        elapsed, output = timed(site_playbook(), playbook_env())
         if changed_count(output):
             raise CommandFailed("site.yml reported %d change(s) on a converged host"
                                 % changed_count(output))
@@ -278,7 +278,7 @@ def site_round(rows, samples, image):
         for command in (["rm", "-f", CONTAINER], ["volume", "rm", "-f", VOLUME]):
             if not docker_ok(*command):
                 raise CommandFailed("docker %s failed" % " ".join(command))
-        ours, _ = timed(site(), playbook_env())
+        ours, _ = timed(site_playbook(), playbook_env())
         subprocess.run([str(BASELINE_COLD), "down"], check=True)
         try:
             baseline, _ = timed([str(BASELINE_COLD), "up", image], dict(os.environ))
@@ -345,7 +345,7 @@ def main():
             subprocess.run([str(BASELINE_COLD), "up", image], check=True, stdout=subprocess.DEVNULL)
             subprocess.run([str(BASELINE_COLD), "down"], check=True)
         if "a" in rows:  # converge once, so the timed runs have nothing to change
-            timed(site(), playbook_env())
+            timed(site_playbook(), playbook_env())
         for _ in range(args.runs):
             if migrate_rows:
                 migrate_round(migrate_rows, params, work, dbs, args.count, samples)
