@@ -412,7 +412,8 @@ def test_no_password_is_in_pgbouncer_log_docker_inspect_or_its_config():
                   "pooler_auth_password", "pooler_stats_password") if (SECRETS_DIR / name).exists()}
     logs = subprocess.run(["docker", "logs", POOLER], capture_output=True, text=True, check=True)
     inspected = docker("inspect", POOLER)
-    config_root = inspect(POOLER)["Mounts"][0]["Source"]
+    # The image's VOLUME gives the container an anonymous volume too, listed in any order.
+    [config_root] = [m["Source"] for m in inspect(POOLER)["Mounts"] if m["Destination"] == "/etc/pgbouncer"]
     ini = open(os.path.join(config_root, "pgbouncer.ini")).read()
     for name, password in passwords.items():
         assert password not in logs.stdout + logs.stderr, name
