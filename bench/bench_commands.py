@@ -19,8 +19,9 @@ with the row's target; the baseline of a ratio target runs in the same round.
   h  bin/pg-migrate up, row e's seed migration               (reported, no target)
 
 Rows c-g run against any server, each on fresh databases it creates and
-drops: PGTEST_HOST (127.0.0.1), PGTEST_PORT (5432), PGTEST_ADMIN_USER
-(postgres), POSTGRES_ADMIN_PASSWORD or .secrets/postgres_admin_password, as
+drops: PGTEST_HOST (127.0.0.1), PGTEST_PORT (5432, or TEST_EXTRA_VARS's
+db_port), PGTEST_ADMIN_USER (postgres), POSTGRES_ADMIN_PASSWORD or
+postgres_admin_password in DB_SECRETS_DIR (default .secrets/), as
 bench_migrations.py (whose helpers this reuses; node-pg-migrate 9 runs as
 there, on the Node.js 20 pinned in tests/integration/node-v9 on Linux x86_64:
 node_binary). The playbook is pointed at
@@ -30,9 +31,11 @@ are bench_migrations.py's generated workloads ("trivial": one SELECT each;
 "seed": CREATE TABLE + 100 x COUNT single-row INSERTs).
 
 Rows a and b need the project's own Docker deployment: --with-site (on by
-default when the container social_selling_postgres exists). Row b removes
-that container and its volume (the data is lost; site.yml then rebuilds
-both), so it runs only with --cold as well.
+default when its container exists: social_selling_postgres, or the
+db_container_name of the JSON file TEST_EXTRA_VARS names, whose extra vars
+every site.yml run then gets, as in the tests; DB_SECRETS_DIR and
+PGTEST_PORT as there). Row b removes that container and its volume (the data
+is lost; site.yml then rebuilds both), so it runs only with --cold as well.
 
 Prints a table (ours, baseline, ratio, target, met/missed); exits 1 when a
 target is missed or a command fails.
@@ -57,8 +60,9 @@ from bench_migrations import (  # noqa: E402  (the benches' shared helpers)
 
 import psycopg2  # noqa: E402
 
-CONTAINER = "social_selling_postgres"
-VOLUME = "social_selling_pgdata"
+# The stack rows a and b run against: the project's own, or the one TEST_EXTRA_VARS names
+# (its container and volume; every site.yml run then gets -e @TEST_EXTRA_VARS), as in the tests.
+from conftest import CONTAINER, VOLUME, extra_vars_args  # noqa: E402
 BIN = pathlib.Path(sys.executable).parent
 BASELINE_COLD = ROOT / "bench" / "baseline_cold.sh"
 
@@ -115,6 +119,11 @@ def playbook_env():
 
 def playbook(*args):
     return [str(BIN / "ansible-playbook"), *args]
+
+
+def site_playbook():
+    """site.yml on the stack the bench runs against (TEST_EXTRA_VARS, as in the tests)."""
+    return playbook(*extra_vars_args(), "site.yml")
 
 
 def changed_count(output):
@@ -260,7 +269,7 @@ def container_image():
 def site_round(rows, samples, image):
     """One round of rows a and b against the project's own container."""
     if "a" in rows:
-        elapsed, output = timed(playbook("site.yml"), playbook_env())
+        elapsed, output = timed(site_playbook(), playbook_env())
         if changed_count(output):
             raise CommandFailed("site.yml reported %d change(s) on a converged host"
                                 % changed_count(output))
@@ -269,7 +278,7 @@ def site_round(rows, samples, image):
         for command in (["rm", "-f", CONTAINER], ["volume", "rm", "-f", VOLUME]):
             if not docker_ok(*command):
                 raise CommandFailed("docker %s failed" % " ".join(command))
-        ours, _ = timed(playbook("site.yml"), playbook_env())
+        ours, _ = timed(site_playbook(), playbook_env())
         subprocess.run([str(BASELINE_COLD), "down"], check=True)
         try:
             baseline, _ = timed([str(BASELINE_COLD), "up", image], dict(os.environ))
@@ -336,7 +345,7 @@ def main():
             subprocess.run([str(BASELINE_COLD), "up", image], check=True, stdout=subprocess.DEVNULL)
             subprocess.run([str(BASELINE_COLD), "down"], check=True)
         if "a" in rows:  # converge once, so the timed runs have nothing to change
-            timed(playbook("site.yml"), playbook_env())
+            timed(site_playbook(), playbook_env())
         for _ in range(args.runs):
             if migrate_rows:
                 migrate_round(migrate_rows, params, work, dbs, args.count, samples)

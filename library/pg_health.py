@@ -309,33 +309,15 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.pg_connection import (
-        connection_argument_spec,
-        missing_library_message,
-    )
-    from ansible.module_utils.pg_health_core import (
-        DEFAULT_EXTENSIONS,
-        HAS_PSYCOPG2,
-        PSYCOPG2_IMPORT_ERROR,
-        run_checks,
-        validate_options,
-    )
+    from ansible.module_utils import pg_connection
+    from ansible.module_utils import pg_health_core as core
 except ImportError:
     # Only when this file is imported bare, outside Ansible (ansible-lint's
     # args rule, unit tests): Ansible ships module_utils/ with the module.
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     os.pardir, 'module_utils'))
-    from pg_connection import (  # noqa: E402
-        connection_argument_spec,
-        missing_library_message,
-    )
-    from pg_health_core import (  # noqa: E402
-        DEFAULT_EXTENSIONS,
-        HAS_PSYCOPG2,
-        PSYCOPG2_IMPORT_ERROR,
-        run_checks,
-        validate_options,
-    )
+    import pg_connection  # noqa: E402
+    import pg_health_core as core  # noqa: E402
 
 
 def argument_spec():
@@ -345,15 +327,15 @@ def argument_spec():
     every connect, query and pool wait in milliseconds, which libpq's
     whole-second C(connect_timeout) cannot. The role, its password and the
     database have no default: the playbook names the app's.
-    Ranges are checked by `validate_options`.
+    Ranges are checked by `core.validate_options`.
     """
-    spec = connection_argument_spec(connect_timeout=False)
+    spec = pg_connection.connection_argument_spec(connect_timeout=False)
     spec['login_user'] = dict(type='str', required=True)
     spec['login_password'] = dict(type='str', required=True, no_log=True)
     spec['login_db'] = dict(spec['login_db'], required=True)
     spec.update(
         connect_timeout_ms=dict(type='int', default=2000),
-        extensions=dict(type='list', elements='str', default=list(DEFAULT_EXTENSIONS)),
+        extensions=dict(type='list', elements='str', default=list(core.DEFAULT_EXTENSIONS)),
         pool_check=dict(type='bool', default=True),
         pool_min=dict(type='int', default=2),
         pool_max=dict(type='int', default=20),
@@ -371,16 +353,16 @@ def argument_spec():
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_library_message('psycopg2'),
-                         exception=PSYCOPG2_IMPORT_ERROR)
+    if not core.HAS_PSYCOPG2:
+        module.fail_json(msg=pg_connection.missing_library_message('psycopg2'),
+                         exception=core.PSYCOPG2_IMPORT_ERROR)
 
-    errors = validate_options(module.params)
+    errors = core.validate_options(module.params)
     if errors:
         module.fail_json(msg='Invalid options: ' + '; '.join(errors))
 
     try:
-        result = run_checks(module.params)
+        result = core.run_checks(module.params)
     except Exception as exc:  # an unexpected error, not a down database
         module.fail_json(msg='pg_health failed unexpectedly: %s' % exc,
                          exception=traceback.format_exc())

@@ -259,41 +259,15 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.pg_connection import (
-        connection_argument_spec,
-        connection_params,
-        describe_target,
-        missing_library_message,
-    )
-    from ansible.module_utils.pg_migrate_core import (
-        ACTIONS,
-        HAS_PGLAST,
-        HAS_PSYCOPG2,
-        MigrationError,
-        MigrationFailed,
-        connect,
-        run,
-    )
+    from ansible.module_utils import pg_connection
+    from ansible.module_utils import pg_migrate_core as core
 except ImportError:
     # Only when this file is imported bare, outside Ansible (ansible-lint's
     # args rule, unit tests): Ansible ships module_utils/ with the module.
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     os.pardir, 'module_utils'))
-    from pg_connection import (  # noqa: E402
-        connection_argument_spec,
-        connection_params,
-        describe_target,
-        missing_library_message,
-    )
-    from pg_migrate_core import (  # noqa: E402
-        ACTIONS,
-        HAS_PGLAST,
-        HAS_PSYCOPG2,
-        MigrationError,
-        MigrationFailed,
-        connect,
-        run,
-    )
+    import pg_connection  # noqa: E402
+    import pg_migrate_core as core  # noqa: E402
 
 try:
     import psycopg2
@@ -305,9 +279,9 @@ APPLICATION_NAME = "ansible-pg_migrate"
 
 def argument_spec():
     """The connection options (module_utils/pg_connection.py) and the module's own."""
-    spec = connection_argument_spec()
+    spec = pg_connection.connection_argument_spec()
     spec.update(
-        action=dict(type="str", required=True, choices=list(ACTIONS)),
+        action=dict(type="str", required=True, choices=list(core.ACTIONS)),
         migrations_dir=dict(type="path", required=True),
         count=dict(type="int"),
         to=dict(type="str"),
@@ -339,18 +313,18 @@ class PgMigrate:
             self.module.fail_json(msg="advisory_lock_wait must be 0 or more seconds")
 
     def connection_params(self):
-        return connection_params(self.params, application_name=APPLICATION_NAME)
+        return pg_connection.connection_params(self.params, application_name=APPLICATION_NAME)
 
     def connect(self):
         try:
-            return connect(self.connection_params())
+            return core.connect(self.connection_params())
         except psycopg2.OperationalError as exc:
-            raise MigrationError("cannot connect to %s: %s"
-                                 % (describe_target(self.params), str(exc).strip()))
+            raise core.MigrationError("cannot connect to %s: %s"
+                                 % (pg_connection.describe_target(self.params), str(exc).strip()))
 
     def execute(self):
         params = self.params
-        return run(
+        return core.run(
             self.connect, params["migrations_dir"], params["action"],
             count=params["count"], to=params["to"], name=params["name"],
             check_mode=self.module.check_mode, allow_drift=params["allow_drift"],
@@ -389,18 +363,18 @@ def main():
         ],
         supports_check_mode=True,
     )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_library_message("psycopg2"))
-    if not HAS_PGLAST and module.params["action"] != "create":
-        module.fail_json(msg=missing_library_message("pglast"))
+    if not core.HAS_PSYCOPG2:
+        module.fail_json(msg=pg_connection.missing_library_message("psycopg2"))
+    if not core.HAS_PGLAST and module.params["action"] != "create":
+        module.fail_json(msg=pg_connection.missing_library_message("pglast"))
     worker = PgMigrate(module)
     worker.validate()
     try:
         result = worker.execute()
-    except MigrationFailed as exc:
+    except core.MigrationFailed as exc:
         module.fail_json(msg=str(exc), file=exc.file_name, line=exc.line, pgcode=exc.pgcode,
                          pgmessage=exc.pgmessage, executed=exc.executed)
-    except MigrationError as exc:
+    except core.MigrationError as exc:
         module.fail_json(msg=str(exc))
     except psycopg2.Error as exc:
         module.fail_json(msg="PostgreSQL error: %s" % str(exc).strip(),

@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -286,6 +287,25 @@ def migrations_folder(tmp_path, files):
     return path
 
 
+
+# Three reversible migrations, one table each, in node-pg-migrate's format: the
+# interoperability tests and the command line's run them with both tools.
+TABLE_MIGRATIONS = {
+    "1710000000001_create-widgets":
+        "-- Up Migration\nCREATE TABLE widgets (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE widgets;\n",
+    "1710000000002_create-gadgets":
+        "-- Up Migration\nCREATE TABLE gadgets (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE gadgets;\n",
+    "1710000000003_create-gizmos":
+        "-- Up Migration\nCREATE TABLE gizmos (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE gizmos;\n",
+}
+
+
+def tracked(params, table="public.pgmigrations"):
+    """Names in the tracking table, in node-pg-migrate's order (None: no table yet)."""
+    if not query(params, "SELECT to_regclass(%s) IS NOT NULL", (table,))[0][0]:
+        return None
+    return [row[0] for row in query(params, "SELECT name FROM %s ORDER BY run_on, id" % table)]
+
 # Node.js: the seed's own tools (node-pg-migrate, pg-promise) run from npm.
 NODE_DIR = ROOT / "tests" / "integration" / "node"        # Node 18+: node-pg-migrate 6.2.2, pg-promise
 NODE_V9_DIR = ROOT / "tests" / "integration" / "node-v9"  # node-pg-migrate 9.0.0 (node_v9: which node)
@@ -355,3 +375,73 @@ def node_v9():
                     % (".".join(map(str, NODE_V9_NEEDS)), ".".join(map(str, version)), sys.platform,
                        platform.machine()))
     return "node"
+
+
+class PoolScript:
+    """The seed's pg-promise client (tests/integration/node/pool.js) run with `config`.
+
+    It prints one JSON line a step and waits for "next" on stdin where the test
+    says so; leaving the `with` block kills it if it still runs.
+    """
+
+    def __init__(self, config):
+        node_version()
+        npm_ci(NODE_DIR)
+        self.steps = {}
+        self.proc = subprocess.Popen(["node", str(NODE_DIR / "pool.js")], cwd=NODE_DIR, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=dict(os.environ, POOL_TEST_CONFIG=json.dumps(config)))
+
+    def read(self, step):
+        """The next step's report, which must be `step`."""
+        line = self.proc.stdout.readline()
+        assert line, "pool.js ended early: " + self.proc.stderr.read()
+        data = json.loads(line)
+        assert data["step"] == step, data
+        self.steps[step] = data
+        return data
+
+    def next(self):
+        self.proc.stdin.write("next\n")
+        self.proc.stdin.flush()
+
+    def finish(self):
+        """Let it end and check it ended well."""
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=30) == 0, self.proc.stderr.read()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        print(self.steps)  # shown by pytest on failure
+
+
+class Repeating:
+    """`step()` every `interval` seconds in a background thread while the `with` block lasts
+    (the tests' background traffic, the benches' samplers)."""
+
+    interval = 0.05
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def step(self):
+        raise NotImplementedError
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.step()
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()

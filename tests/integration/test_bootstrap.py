@@ -4,6 +4,7 @@ Seed acceptance: "Extensions installed: uuid-ossp, pgcrypto, pg_trgm,
 pg_stat_statements" and "Application database user created with correct
 permissions". Every check logs in for real, through the published port.
 """
+import contextlib
 import json
 import subprocess
 import uuid
@@ -101,38 +102,38 @@ def test_a_wrong_password_is_refused(app_params):
         psycopg2.connect(**dict(app_params, password="not-the-password-" + uuid.uuid4().hex))
 
 
-def test_rotating_postgres_password_changes_once_then_nothing(app_params):
-    new_password = "rotated-" + uuid.uuid4().hex
+@contextlib.contextmanager
+def rotated(env_name, new_password):
+    """site.yml with a new password in `env_name`: one change, then none; the old one is put back (one change) after."""
     try:
-        first = run_playbook("site.yml", env={"POSTGRES_PASSWORD": new_password})
+        first = run_playbook("site.yml", env={env_name: new_password})
         assert first.rc == 0 and first.changed == 1, first
-        second = run_playbook("site.yml", env={"POSTGRES_PASSWORD": new_password})
+        second = run_playbook("site.yml", env={env_name: new_password})
         assert second.rc == 0 and second.changed == 0, second
-        psycopg2.connect(**dict(app_params, password=new_password)).close()
-        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
-            psycopg2.connect(**app_params)
+        yield
     finally:
         restored = run_playbook("site.yml")
     assert restored.rc == 0 and restored.changed == 1, restored
+
+
+def test_rotating_postgres_password_changes_once_then_nothing(app_params):
+    new_password = "rotated-" + uuid.uuid4().hex
+    with rotated("POSTGRES_PASSWORD", new_password):
+        psycopg2.connect(**dict(app_params, password=new_password)).close()
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(**app_params)
     psycopg2.connect(**app_params).close()
 
 
 def test_rotating_postgres_owner_password_changes_once_then_nothing(owner_params):
     new_password = "rotated-owner-" + uuid.uuid4().hex
-    try:
-        first = run_playbook("site.yml", env={"POSTGRES_OWNER_PASSWORD": new_password})
-        assert first.rc == 0 and first.changed == 1, first
-        second = run_playbook("site.yml", env={"POSTGRES_OWNER_PASSWORD": new_password})
-        assert second.rc == 0 and second.changed == 0, second
+    with rotated("POSTGRES_OWNER_PASSWORD", new_password):
         # The new password logs in and can still do the owner's work (DDL); the old one is refused.
         with psycopg2.connect(**dict(owner_params, password=new_password)) as conn, conn.cursor() as cur:
             cur.execute("CREATE TEMP TABLE owner_rotation_probe (id int)")
         with pytest.raises(psycopg2.OperationalError,
                            match=f'password authentication failed for user "{OWNER_ROLE}"'):
             psycopg2.connect(**owner_params)
-    finally:
-        restored = run_playbook("site.yml")
-    assert restored.rc == 0 and restored.changed == 1, restored
     psycopg2.connect(**owner_params).close()
     with pytest.raises(psycopg2.OperationalError, match=f'password authentication failed for user "{OWNER_ROLE}"'):
         psycopg2.connect(**dict(owner_params, password=new_password))

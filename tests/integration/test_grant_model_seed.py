@@ -78,6 +78,14 @@ def drop_table(owner_params, name):
     query(owner_params, f"DROP TABLE IF EXISTS {name}")
 
 
+@pytest.fixture
+def later_table(owner_params):
+    """A table the owner role creates after the class's converge (a class fixture, set up first); dropped after."""
+    name = owner_table(owner_params)
+    yield name
+    drop_table(owner_params, name)
+
+
 def converge(*args):
     run = run_playbook("site.yml", *args)
     assert run.rc == 0, run
@@ -95,12 +103,6 @@ class TestSeedModel:
             yield {"first": first, "again": again}
         finally:
             converge()
-
-    @pytest.fixture
-    def table(self, seed, owner_params):
-        name = owner_table(owner_params)
-        yield name
-        drop_table(owner_params, name)
 
     def test_the_switch_to_seed_changes_then_a_rerun_changes_nothing(self, seed):
         assert seed["first"].changed >= 1, seed["first"]
@@ -122,21 +124,21 @@ class TestSeedModel:
                      (APP_ROLE,)) == [(False, False, False)]
 
     @pytest.mark.parametrize("privilege", ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"])
-    def test_all_privileges_on_a_table_the_owner_creates_later(self, seed, admin_params, table, privilege):
+    def test_all_privileges_on_a_table_the_owner_creates_later(self, seed, admin_params, later_table, privilege):
         assert query(dict(admin_params, dbname=DB_NAME), "SELECT has_table_privilege(%s, %s, %s)",
-                     (APP_ROLE, table, privilege)) == [(True,)]
+                     (APP_ROLE, later_table, privilege)) == [(True,)]
 
     @pytest.mark.parametrize("name", SEED_ONLY)
-    def test_the_application_role_may(self, seed, app_params, table, name):
-        run_as_app(app_params, SEED_ONLY[name][0].format(table=table))
+    def test_the_application_role_may(self, seed, app_params, later_table, name):
+        run_as_app(app_params, SEED_ONLY[name][0].format(table=later_table))
 
-    def test_the_application_role_reads_and_writes_rows(self, seed, app_params, table):
-        run_as_app(app_params, ROWS.format(table=table))
+    def test_the_application_role_reads_and_writes_rows(self, seed, app_params, later_table):
+        run_as_app(app_params, ROWS.format(table=later_table))
 
     @pytest.mark.parametrize("name", NEVER)
-    def test_the_application_role_may_not(self, seed, app_params, table, name):
+    def test_the_application_role_may_not(self, seed, app_params, later_table, name):
         statement, message = NEVER[name]
-        assert_refused(app_params, statement.format(table=table), message.format(table=table))
+        assert_refused(app_params, statement.format(table=later_table), message.format(table=later_table))
 
 
 class TestBackFromSeed:
@@ -158,12 +160,6 @@ class TestBackFromSeed:
             if table:
                 drop_table(owner_params, table)
             converge()
-
-    @pytest.fixture
-    def later_table(self, back, owner_params):
-        name = owner_table(owner_params)
-        yield name
-        drop_table(owner_params, name)
 
     def test_the_switch_back_changes_then_a_rerun_changes_nothing(self, back):
         assert back["back"].changed >= 1, back["back"]

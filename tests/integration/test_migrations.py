@@ -14,7 +14,7 @@ import pytest
 
 import pg_migrate_core as core
 from pg_migrate_core import MigrationError, MigrationFailed
-from conftest import query, migrations_folder
+from conftest import query, migrations_folder, tracked
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -46,13 +46,6 @@ def migrate(scratch_db, folder):
         return core.run(lambda: core.connect(dict(scratch_db)), str(directory or folder), action,
                         runner_options=runner_options, **options)
     return run
-
-
-def tracked(params):
-    """Names in pgmigrations, in node-pg-migrate's order (None: no table)."""
-    if not query(params, "SELECT to_regclass('public.pgmigrations') IS NOT NULL")[0][0]:
-        return None
-    return [row[0] for row in query(params, "SELECT name FROM pgmigrations ORDER BY run_on, id")]
 
 
 def table_exists(params, name):

@@ -12,9 +12,8 @@ import stat
 import subprocess
 import sys
 
-import psycopg2
 import pytest
-from conftest import extra_vars_args, playbook_env, migrations_folder
+from conftest import extra_vars_args, playbook_env, migrations_folder, tracked
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -60,19 +59,6 @@ def playbook(scratch_db, folder, tmp_path):
         completed.changed = int(match.group(1)) if match else None
         return completed
     return run
-
-
-def tracked(params):
-    conn = psycopg2.connect(**params)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('public.pgmigrations') IS NOT NULL")
-            if not cur.fetchone()[0]:
-                return None
-            cur.execute("SELECT name FROM pgmigrations ORDER BY run_on, id")
-            return [row[0] for row in cur.fetchall()]
-    finally:
-        conn.close()
 
 
 ALL = [name[:-4] for name in FILES]

@@ -21,8 +21,8 @@ import time
 import pytest
 
 import pg_migrate_core as core
-from conftest import NODE_DIR, NODE_V9_DIR, ROOT, extra_vars_args, migrations_folder, node_v9, node_version, \
-    npm_ci, playbook_env, query
+from conftest import NODE_DIR, NODE_V9_DIR, ROOT, TABLE_MIGRATIONS, extra_vars_args, migrations_folder, node_v9, \
+    node_version, npm_ci, playbook_env, query, tracked
 
 
 def _node_v6():
@@ -40,14 +40,7 @@ CLIS = {
     "node-pg-migrate-9.0.0": (NODE_V9_DIR, "node-pg-migrate/bin/node-pg-migrate.js", node_v9),
     "node-pg-migrate-6.2.2": (NODE_DIR, "node-pg-migrate-v6/bin/node-pg-migrate", _node_v6),
 }
-FILES = {
-    "1710000000001_create-widgets":
-        "-- Up Migration\nCREATE TABLE widgets (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE widgets;\n",
-    "1710000000002_create-gadgets":
-        "-- Up Migration\nCREATE TABLE gadgets (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE gadgets;\n",
-    "1710000000003_create-gizmos":
-        "-- Up Migration\nCREATE TABLE gizmos (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE gizmos;\n",
-}
+FILES = TABLE_MIGRATIONS
 ALL = list(FILES)
 
 
@@ -91,10 +84,6 @@ def ours(scratch_db, folder):
     def run(action, **options):
         return core.run(lambda: core.connect(dict(scratch_db)), str(folder), action, **options)
     return run
-
-
-def tracked(params):
-    return [row[0] for row in query(params, "SELECT name FROM pgmigrations ORDER BY run_on, id")]
 
 
 TABLE_SHAPE = ("SELECT column_name, data_type, character_maximum_length, is_nullable, column_default "

@@ -8,7 +8,7 @@ import pytest
 
 import pg_migrate_core as core
 from pg_migrate_core import MigrationError, MigrationFailed
-from conftest import query, migrations_folder
+from conftest import query, migrations_folder, tracked
 
 
 @pytest.fixture
@@ -18,12 +18,6 @@ def migrate(scratch_db):
         return core.run(factory, str(folder), action,
                         runner_options={"advisory_lock_wait": 10}, **options)
     return run
-
-
-def tracked(params):
-    if not query(params, "SELECT to_regclass('public.pgmigrations') IS NOT NULL")[0][0]:
-        return None
-    return [row[0] for row in query(params, "SELECT name FROM pgmigrations ORDER BY run_on, id")]
 
 
 def tables(params, *names):

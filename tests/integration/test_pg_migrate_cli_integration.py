@@ -12,20 +12,13 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import NODE_DIR, migrations_folder, node_version, npm_ci, query
+from conftest import NODE_DIR, TABLE_MIGRATIONS, migrations_folder, node_version, npm_ci, query, tracked
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 BIN = ROOT / "bin" / "pg-migrate"
 # The seed's node-pg-migrate (6.2.2, runs on Debian 12's Node 18).
 NODE_CLI = NODE_DIR / "node_modules" / "node-pg-migrate-v6" / "bin" / "node-pg-migrate"
-FILES = {
-    "1710000000001_create-widgets":
-        "-- Up Migration\nCREATE TABLE widgets (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE widgets;\n",
-    "1710000000002_create-gadgets":
-        "-- Up Migration\nCREATE TABLE gadgets (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE gadgets;\n",
-    "1710000000003_create-gizmos":
-        "-- Up Migration\nCREATE TABLE gizmos (id serial PRIMARY KEY);\n\n-- Down Migration\nDROP TABLE gizmos;\n",
-}
+FILES = TABLE_MIGRATIONS
 ALL = list(FILES)
 
 
@@ -55,10 +48,6 @@ def pg_migrate(scratch_db, folder):
                 " ".join(args), completed.returncode, completed.stderr))
         return completed
     return run
-
-
-def tracked(params):
-    return [row[0] for row in query(params, "SELECT name FROM pgmigrations ORDER BY run_on, id")]
 
 
 def tables(params):

@@ -13,15 +13,12 @@ the application role, and:
   users table's updated_at trigger work.
 Needs node and npm (tests/conftest.py: node_version; SKIP_NODE_TESTS=1 skips).
 """
-import json
-import os
-import subprocess
 import uuid
 
 import pytest
 import yaml
 
-from conftest import EXTRA_VARS, NODE_DIR, ROOT, node_version, npm_ci, query
+from conftest import EXTRA_VARS, ROOT, PoolScript, query
 
 RELEASE_AFTER_MS = 1000
 
@@ -43,8 +40,6 @@ def owner_table(owner_params):
 
 
 def test_the_seed_pool_holds_its_maximum_queues_one_more_and_serves_crud(app_params, admin_params, owner_table):
-    node_version()
-    npm_ci(NODE_DIR)
     pool = inventory_pool()
     assert (pool["db_pool_min"], pool["db_pool_max"]) == (2, 20)  # the seed's numbers, from the inventory
     application_name = "pool-proof-" + uuid.uuid4().hex[:8]
@@ -54,48 +49,28 @@ def test_the_seed_pool_holds_its_maximum_queues_one_more_and_serves_crud(app_par
                   idleTimeoutMillis=pool["db_pool_idle_timeout_ms"],
                   connectionTimeoutMillis=pool["db_pool_connect_timeout_ms"],
                   scratch_table=owner_table, hold_release_ms=RELEASE_AFTER_MS)
-    proc = subprocess.Popen(["node", str(NODE_DIR / "pool.js")], cwd=NODE_DIR, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, POOL_TEST_CONFIG=json.dumps(config)))
-    steps = {}
-
-    def read(step):
-        line = proc.stdout.readline()
-        assert line, "pool.js ended early: " + proc.stderr.read()
-        data = json.loads(line)
-        assert data["step"] == step, data
-        steps[step] = data
-        return data
-
-    try:
-        options = read("options")
+    with PoolScript(config) as script:
+        options = script.read("options")
         assert (options["min"], options["max"], options["idleTimeoutMillis"], options["connectionTimeoutMillis"]) \
             == (2, 20, 30000, 2000)
 
-        holding = read("holding")
+        holding = script.read("holding")
         assert len(set(holding["pids"])) == 20 and holding["total"] == 20 and holding["idle"] == 0
         backends = query(admin_params, "SELECT pid FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
                          (app_params["user"], application_name))
         assert sorted(pid for (pid,) in backends) == sorted(holding["pids"])
-        proc.stdin.write("next\n")
-        proc.stdin.flush()
+        script.next()
 
-        extra = read("extra")
+        extra = script.read("extra")
         # It was still waiting when one was released, and was served only then, by that connection.
         assert extra["waiting_at_release"] == 1
         assert extra["served_after_ms"] >= RELEASE_AFTER_MS
         assert extra["served_after_ms"] < pool["db_pool_connect_timeout_ms"]
         assert extra["served_by"] == extra["released_pid"]
 
-        assert read("crud") == {"step": "crud", "inserted": "created", "read": "updated", "deleted": 1}
-        assert read("trigger") == {"step": "trigger", "moved": True, "equal_at_insert": True}
-        proc.stdin.close()
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        print(steps)
+        assert script.read("crud") == {"step": "crud", "inserted": "created", "read": "updated", "deleted": 1}
+        assert script.read("trigger") == {"step": "trigger", "moved": True, "equal_at_insert": True}
+        script.finish()
     # Nothing left behind: the pool ended, the test user is gone.
     assert query(admin_params, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                  (application_name,)) == [(0,)]

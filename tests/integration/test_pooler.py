@@ -27,7 +27,7 @@ import pg_health_core
 import pg_migrate_core as core
 from conftest import (CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, EXTRA_VARS, NODE_DIR, NODE_V9_DIR, ROOT, APP_ROLE,
                       OWNER_ROLE, SECRETS_DIR, docker, migrations_folder, new_database, node_v9, node_version, npm_ci,
-                      query, run_playbook, secret)
+                      PoolScript, Repeating, query, run_playbook, secret)
 
 SETTINGS = dict(yaml.safe_load((ROOT / "inventory" / "group_vars" / "all.yml").read_text()), **EXTRA_VARS)
 DIRECT_PORT = int(SETTINGS["db_direct_port"])
@@ -266,38 +266,25 @@ def test_500_concurrent_app_clients_use_at_most_pool_plus_reserve_backends():
 # ---------------------------------------------------------------------------
 
 def test_the_seed_pg_promise_client_runs_crud_and_the_updated_at_trigger_through_pgbouncer():
-    node_version()
-    npm_ci(NODE_DIR)
     table = "pooler_crud_" + uuid.uuid4().hex[:8]
     query(direct_owner(), f"CREATE TABLE {table} (id serial PRIMARY KEY, note text NOT NULL)")
     app = pooled_app()
     config = dict(host=app["host"], port=app["port"], database=app["dbname"], user=app["user"],
                   password=app["password"], application_name="pooler-seed", min=2, max=20,
                   idleTimeoutMillis=30000, connectionTimeoutMillis=2000, scratch_table=table, hold_release_ms=300)
-    proc = subprocess.Popen(["node", str(NODE_DIR / "pool.js")], cwd=NODE_DIR, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, POOL_TEST_CONFIG=json.dumps(config)))
-    steps = {}
     try:
-        for step in ("options", "holding", "extra", "crud", "trigger"):
-            line = proc.stdout.readline()
-            assert line, "pool.js ended early: " + proc.stderr.read()
-            steps[step] = json.loads(line)
-            if step == "holding":
-                # 20 client connections held; the server sees at most PgBouncer's pool.
-                assert steps[step]["total"] == 20
-                assert app_backends() <= DEFAULT_POOL_SIZE + RESERVE_POOL_SIZE
-            if step in ("holding",):
-                proc.stdin.write("next\n")
-                proc.stdin.flush()
-        proc.stdin.close()
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        with PoolScript(config) as script:
+            for step in ("options", "holding", "extra", "crud", "trigger"):
+                script.read(step)
+                if step == "holding":
+                    # 20 client connections held; the server sees at most PgBouncer's pool.
+                    assert script.steps[step]["total"] == 20
+                    assert app_backends() <= DEFAULT_POOL_SIZE + RESERVE_POOL_SIZE
+                    script.next()
+            script.finish()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
         query(direct_owner(), f"DROP TABLE IF EXISTS {table}")
-        print(steps)
+    steps = script.steps
     assert steps["crud"] == {"step": "crud", "inserted": "created", "read": "updated", "deleted": 1}
     assert steps["trigger"] == {"step": "trigger", "moved": True, "equal_at_insert": True}
 
@@ -314,29 +301,21 @@ FILES = {
 }
 
 
-class AppTraffic:
+class AppTraffic(Repeating):
     """The application's queries through PgBouncer, in the background, counting successes and errors."""
 
+    interval = 0.02
+
     def __init__(self):
-        self.ok, self.errors, self._stop = 0, [], threading.Event()
-        self._thread = threading.Thread(target=self._run)
+        super().__init__()
+        self.ok, self.errors = 0, []
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                query(pooled_app(), "SELECT 1")
-                self.ok += 1
-            except psycopg2.Error as exc:
-                self.errors.append(str(exc))
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def step(self):
+        try:
+            query(pooled_app(), "SELECT 1")
+            self.ok += 1
+        except psycopg2.Error as exc:
+            self.errors.append(str(exc))
 
 
 @pytest.mark.parametrize("runner", ["pg_migrate", "node-pg-migrate-6.2.2", "node-pg-migrate-9.0.0"])
@@ -433,7 +412,8 @@ def test_no_password_is_in_pgbouncer_log_docker_inspect_or_its_config():
                   "pooler_auth_password", "pooler_stats_password") if (SECRETS_DIR / name).exists()}
     logs = subprocess.run(["docker", "logs", POOLER], capture_output=True, text=True, check=True)
     inspected = docker("inspect", POOLER)
-    config_root = inspect(POOLER)["Mounts"][0]["Source"]
+    # The image's VOLUME gives the container an anonymous volume too, listed in any order.
+    [config_root] = [m["Source"] for m in inspect(POOLER)["Mounts"] if m["Destination"] == "/etc/pgbouncer"]
     ini = open(os.path.join(config_root, "pgbouncer.ini")).read()
     for name, password in passwords.items():
         assert password not in logs.stdout + logs.stderr, name

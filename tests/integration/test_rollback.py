@@ -489,11 +489,17 @@ def test_restore_leaves_exactly_what_the_dump_holds_and_its_rerun_restores_the_s
     assert run_playbook("site.yml").changed == 0
 
 
-def test_a_failed_restore_leaves_the_database_untouched(tmp_path):
+def backed_up(tmp_path):
+    """A runner and the one dump it took of the database at its realistic size."""
     run = Runner(tmp_path)
     ensure_realistic_size()
     assert run("playbooks/backup.yml").rc == 0
     [dump] = dumps(run.backups)
+    return run, dump
+
+
+def test_a_failed_restore_leaves_the_database_untouched(tmp_path):
+    run, dump = backed_up(tmp_path)
     # The role that owns some of the dump's objects is gone: the restore fails midway.
     sql("CREATE ROLE doomed_owner; CREATE TABLE owned_by_doomed (id int); ALTER TABLE owned_by_doomed OWNER TO doomed_owner")
     assert run("playbooks/backup.yml").rc == 0
@@ -511,10 +517,7 @@ def test_a_failed_restore_leaves_the_database_untouched(tmp_path):
 
 
 def test_a_restore_that_cannot_decrypt_the_dump_leaves_the_database_untouched(tmp_path):
-    run = Runner(tmp_path)
-    ensure_realistic_size()
-    assert run("playbooks/backup.yml").rc == 0
-    [dump] = dumps(run.backups)
+    run, dump = backed_up(tmp_path)
     sql("CREATE TABLE kept_after_bad_key (id int)")
     try:
         other_key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
