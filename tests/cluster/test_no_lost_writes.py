@@ -161,13 +161,15 @@ def set_table():
 def test_no_acknowledged_write_is_lost_across_ten_fault_cycles(set_table):
     writers = SetWriters()
     writers.start()
-    cycles = []  # (what, acknowledged after the fault)
+    cycles = []  # (what, acknowledged after the fault, seconds the cycle took)
     try:
         writes_resume(writers, time.monotonic(), "the start")
         for number, (fault, role) in enumerate(CYCLES, start=1):
-            cycles.append(fault(writers, role))
+            started = time.monotonic()
+            what, acknowledged = fault(writers, role)
             # Heal before the next cycle: the node rejoins (pg_rewind for a former primary).
             cs.wait_until(cs.healthy, 180, interval=0.5, what=f"a whole cluster after cycle {number}")
+            cycles.append((what, acknowledged, round(time.monotonic() - started)))
     finally:
         stuck = writers.stop()
         cs.ensure_healthy(timeout=300)
@@ -177,9 +179,9 @@ def test_no_acknowledged_write_is_lost_across_ten_fault_cycles(set_table):
     lost = set(writers.acknowledged) - present
     phantom = present - writers.attempted
     summary = (f"{len(writers.attempted)} attempted, {len(writers.acknowledged)} acknowledged, "
-               f"{len(present)} present; cycles (fault, acknowledged after it): {cycles}")
+               f"{len(present)} present; cycles (fault, acknowledged after it, seconds): {cycles}")
     print(summary)
     assert not lost, f"acknowledged but lost: {sorted(lost)[:50]} ({len(lost)}); {summary}"
     assert not phantom, f"present but never attempted: {sorted(phantom)[:50]}; {summary}"
-    assert len(cycles) >= 10 and all(acknowledged > 0 for _, acknowledged in cycles), \
+    assert len(cycles) >= 10 and all(acknowledged > 0 for _, acknowledged, _ in cycles), \
         f"a cycle without an acknowledged write after its fault: {summary}"
