@@ -41,6 +41,7 @@ import threading
 import time
 
 import psycopg2
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "cluster")]
@@ -190,6 +191,10 @@ def main():
 
     if not cs.healthy():
         cs.ensure_healthy(timeout=300)
+    config = yaml.safe_load(cs.docker("exec", cs.primary(), "patronictl", "show-config"))
+    print("cluster: " + ", ".join(f"{key} {config.get(key)}" for key in (
+        "ttl", "loop_wait", "retry_timeout", "synchronous_mode", "synchronous_mode_strict", "failsafe_mode")),
+        flush=True)
     cs.sql(cs.owner_params(), f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, "
                               f"at timestamptz NOT NULL DEFAULT clock_timestamp())")
     cs.sql(cs.owner_params(), f"GRANT SELECT, INSERT ON {TABLE} TO {APP_ROLE}; "
