@@ -22,7 +22,7 @@ ETCD = [f"{PREFIX}_etcd_1"]
 PGBOUNCER = EXTRA_VARS.get("db_pooler_container_name", "social_selling_pgbouncer")
 DIRECT_PORT = int(EXTRA_VARS.get("db_direct_port", 5433))
 REPLICA_PORT = int(EXTRA_VARS.get("db_replica_port", 5434))
-SCOPE = DB_NAME
+SCOPE = EXTRA_VARS.get("postgres_cluster_scope", DB_NAME)
 
 
 def docker(*args, check=True, timeout=60):
@@ -35,8 +35,11 @@ def docker(*args, check=True, timeout=60):
 def members():
     """patronictl list as JSON, asked of the first node that answers ([] when none does)."""
     for node in NODES:
-        proc = subprocess.run(["docker", "exec", node, "patronictl", "list", "--format", "json"],
-                              capture_output=True, text=True, check=False, timeout=30)
+        try:
+            proc = subprocess.run(["docker", "exec", node, "patronictl", "list", "--format", "json"],
+                                  capture_output=True, text=True, check=False, timeout=30)
+        except subprocess.TimeoutExpired:  # a node starting or a host overloaded: ask the next one
+            continue
         if proc.returncode == 0:
             return json.loads(proc.stdout)
     return []
