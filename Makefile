@@ -74,6 +74,8 @@ bench: $(VENV)/.installed
 	python bench/bench_pitr.py
 	@if [ "$$(docker ps -q --filter name=^social_selling_pgbouncer$$)" ]; then python bench/bench_pooler.py; \
 	  else echo 'bench_pooler.py skipped: db_pooler is not pgbouncer on this stack (see bench/README.md)'; fi
+	@if [ "$$(docker ps -q --filter name=^social_selling_postgres_1$$)" ]; then python bench/bench_failover.py; \
+	  else echo 'bench_failover.py skipped: db_topology is not cluster on this stack (see bench/README.md)'; fi
 
 clean-venv:
 	rm -rf $(VENV)
