@@ -54,3 +54,6 @@ grep -E 'recovery stopping|redo done|selected new timeline|archive recovery comp
 history=$(find "$PGDATA/pg_wal" -maxdepth 1 -name "*.history" | sort | tail -n 1)
 echo "RECOVERY_END=$(tail -n 1 "$history" | tr '\t' ' ')"
 pg_ctl -D "$PGDATA" -m fast -w stop
+# pgBackRest writes what it restores and fetches (WAL, history files) with mode
+# 0640: the data directory stays the postgres user's alone, as initdb made it.
+chmod -R go-rwx "$PGDATA"
