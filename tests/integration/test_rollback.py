@@ -500,20 +500,53 @@ def backed_up(tmp_path):
 
 def test_a_failed_restore_leaves_the_database_untouched(tmp_path):
     run, dump = backed_up(tmp_path)
-    # The role that owns some of the dump's objects is gone: the restore fails midway.
-    sql("CREATE ROLE doomed_owner; CREATE TABLE owned_by_doomed (id int); ALTER TABLE owned_by_doomed OWNER TO doomed_owner")
-    assert run("playbooks/backup.yml").rc == 0
-    doomed_dump = dumps(run.backups)[-1]
-    sql("DROP TABLE owned_by_doomed; DROP ROLE doomed_owner; CREATE TABLE kept_after_failure (id int)")
+    # The tablespace of one of the dump's tables is gone: the restore fails midway,
+    # after it has dropped the schemas and loaded tables.
+    docker("exec", "-u", "postgres", CONTAINER, "mkdir", "-p", "/tmp/doomed_space")
+    sql("CREATE TABLESPACE doomed_space LOCATION '/tmp/doomed_space'", db="postgres")
+    sql("CREATE TABLE zz_in_doomed_space (id int) TABLESPACE doomed_space")
     try:
+        assert run("playbooks/backup.yml").rc == 0
+        doomed_dump = dumps(run.backups)[-1]
+        sql("DROP TABLE zz_in_doomed_space; CREATE TABLE kept_after_failure (id int)")
+        sql("DROP TABLESPACE doomed_space", db="postgres")
         failed = run("playbooks/restore.yml", "restore_confirm=" + DB, "restore_backup=" + doomed_dump)
         assert failed.rc != 0 and "failed and was rolled back" in failed.text, failed
-        assert "doomed_owner" in failed.text
+        assert "doomed_space" in failed.text
         assert sql("SELECT to_regclass('kept_after_failure') IS NOT NULL") == ["t"]
         assert sql("SELECT count(*) FROM pgbench_accounts") == [PGBENCH_ROWS]
     finally:
-        sql("DROP TABLE IF EXISTS kept_after_failure")
+        sql("DROP TABLE IF EXISTS kept_after_failure, zz_in_doomed_space")
+        sql("DROP TABLESPACE IF EXISTS doomed_space", db="postgres")
+        docker("exec", CONTAINER, "rm", "-rf", "/tmp/doomed_space", check=False)
     assert dump
+
+
+def test_roles_the_dump_names_that_are_gone_are_created_without_login_and_the_restore_succeeds(tmp_path):
+    """A dump holds grants and owners, not roles: the pooler's auth role after a reset
+    with the pooler off, or a role made by hand and dropped since."""
+    grantee, owner = "gone_grantee_" + uuid.uuid4().hex[:6], "Gone Owner " + uuid.uuid4().hex[:6]
+    run = Runner(tmp_path)
+    ensure_realistic_size()
+    sql('CREATE ROLE {g} LOGIN; CREATE ROLE "{o}"; CREATE SCHEMA granted_schema; '
+        'CREATE TABLE granted_schema.t (id int); GRANT USAGE ON SCHEMA granted_schema TO {g}; '
+        'GRANT SELECT ON granted_schema.t TO {g}; ALTER TABLE granted_schema.t OWNER TO "{o}"'.format(g=grantee, o=owner))
+    try:
+        assert run("playbooks/backup.yml").rc == 0
+        [dump] = dumps(run.backups)
+        sql('DROP SCHEMA granted_schema CASCADE; DROP ROLE {g}; DROP ROLE "{o}"'.format(g=grantee, o=owner))
+        restored = run("playbooks/restore.yml", "restore_confirm=" + DB, "restore_backup=" + dump)
+        assert restored.rc == 0, restored
+        assert sql("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname IN ('%s', '%s') ORDER BY rolname"
+                   % (grantee, owner)) == ["%s|f" % owner, "%s|f" % grantee]
+        assert sql("SELECT has_table_privilege('%s', 'granted_schema.t', 'SELECT'), "
+                   "pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'granted_schema.t'::regclass"
+                   % grantee) == ["t|%s" % owner]
+        assert "roles_created_without_login: '\"%s\", %s'" % (owner, grantee) in restored.text, restored.text
+        assert sql("SELECT count(*) FROM pgbench_accounts") == [PGBENCH_ROWS]
+    finally:
+        sql("DROP SCHEMA IF EXISTS granted_schema CASCADE")
+        sql('DROP ROLE IF EXISTS {g}; DROP ROLE IF EXISTS "{o}"'.format(g=grantee, o=owner))
 
 
 def test_a_restore_that_cannot_decrypt_the_dump_leaves_the_database_untouched(tmp_path):
