@@ -32,7 +32,6 @@ Prints every run, then medians and maxima against the targets; exits 1 when
 a target is missed or the cluster does not come back.
 """
 import argparse
-import os
 import pathlib
 import statistics
 import subprocess

@@ -16,7 +16,7 @@ import re
 try:
     from pglast import parse_sql
     from pglast.enums import RoleSpecType
-    from pglast.parser import ParseError
+    from pglast.parser import ParseError  # noqa: F401 (the module catches it as core.ParseError)
     from pglast.visitors import Visitor
 except ImportError:  # reported by the module
     parse_sql = None

@@ -45,6 +45,13 @@ def members():
     return []
 
 
+def dcs_config():
+    """The cluster-wide settings Patroni keeps in etcd (its REST API's /config), asked of the first node."""
+    return json.loads(docker("exec", NODES[0], "python3", "-c",
+                             "import urllib.request; print(urllib.request.urlopen("
+                             "'http://localhost:8008/config').read().decode())"))
+
+
 def primary():
     """The running leader's name, or None."""
     leaders = [m["Member"] for m in members() if m["Role"] == "Leader" and m["State"] == "running"]

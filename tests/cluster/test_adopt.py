@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from cluster_support import docker, wait_until
-from conftest import DB_NAME, ROOT, run_playbook
+from conftest import DB_NAME, run_playbook
 
 NAME = "adopt_postgres"
 VARS = {

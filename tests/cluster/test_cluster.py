@@ -10,9 +10,8 @@ import subprocess
 import psycopg2
 import pytest
 
-from cluster_support import (DIRECT_PORT, ETCD, HAPROXY, NODES, PGBOUNCER, REPLICA_PORT, SCOPE, admin_params,
-                             app_params, docker, ensure_healthy, healthy, members, node_sql, owner_params, primary, sql,
-                             wait_until)
+from cluster_support import (DIRECT_PORT, ETCD, HAPROXY, NODES, PGBOUNCER, REPLICA_PORT, app_params, dcs_config,
+                             docker, ensure_healthy, healthy, members, node_sql, owner_params, primary, sql, wait_until)
 from conftest import DB_NAME, run_playbook, secret
 
 CONFIRM = ["-e", f"cluster_confirm={DB_NAME}"]
@@ -68,9 +67,7 @@ def test_bootstrap_and_migrations_ran_on_the_primary_and_reached_every_replica()
 
 
 def test_the_safety_settings_are_in_force():
-    config = json.loads(docker("exec", NODES[0], "python3", "-c",
-                               "import urllib.request; print(urllib.request.urlopen("
-                               "'http://localhost:8008/config').read().decode())"))
+    config = dcs_config()
     assert config["synchronous_mode"] is True
     assert config["failsafe_mode"] is True
     assert config["postgresql"]["use_pg_rewind"] is True

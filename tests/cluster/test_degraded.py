@@ -120,8 +120,8 @@ def test_strict_mode_blocks_a_write_without_replicas_and_commits_it_when_one_is_
     leader = cs.primary()
     cs.wait_until(lambda: cs.node_sql(leader, "SELECT count(*) FROM pg_stat_replication") == ["0"], 60,
                   what="no standby streaming from the primary")
-    # Time for Patroni to react (loop_wait): without strict mode it would empty synchronous_standby_names now.
-    time.sleep(5)
+    # Time for Patroni to react (a loop): without strict mode it would empty synchronous_standby_names now.
+    time.sleep(cs.dcs_config()["loop_wait"] + 1)
 
     outcome = {}
 
