@@ -193,6 +193,17 @@ def test_bad_cluster_settings_are_refused_before_anything_changes(variables, mes
     assert {node: docker("inspect", "--format", "{{.State.StartedAt}}", node) for node in NODES} == before
 
 
+def test_a_cluster_over_several_docker_hosts_is_refused_before_anything_changes(tmp_path):
+    second = tmp_path / "second-host.yml"
+    second.write_text("docker_hosts:\n  hosts:\n    second-host:\n      ansible_connection: local\n"
+                      "      ansible_python_interpreter: \"{{ ansible_playbook_python }}\"\n")
+    before = {node: docker("inspect", "--format", "{{.State.StartedAt}}", node) for node in NODES}
+    run = run_playbook("-i", "inventory/hosts.yml", "-i", str(second), "site.yml")
+    assert run.rc != 0 and "this play has 2 (localhost, second-host)" in " ".join(run.output.split()), run
+    assert "Nothing was changed" in run.output and run.changed == 0
+    assert {node: docker("inspect", "--format", "{{.State.StartedAt}}", node) for node in NODES} == before
+
+
 def test_backups_are_taken_on_the_primary_with_pgbackrest_and_as_a_dump():
     full = run_playbook("playbooks/backup.yml", "-e", "backup_type=incr")
     assert full.rc == 0, full
