@@ -99,7 +99,7 @@ def schema_sql(path, container, identity):
             done = subprocess.run(restore, stdin=archive, capture_output=True, check=False)
         return done.returncode, done.stdout, done.stderr
     if not identity:
-        return 1, b"", ("%s is encrypted and no age identity was given" % path).encode()
+        return 1, b"", b"it is encrypted and no age identity was given"
     key_read, key_write = os.pipe()
     os.write(key_write, identity.encode() + b"\n")
     os.close(key_write)
@@ -112,7 +112,7 @@ def schema_sql(path, container, identity):
     decrypt.stdout.close()
     age_error = decrypt.stderr.read()
     if decrypt.wait() != 0:
-        return decrypt.returncode, b"", age_error
+        return decrypt.returncode, b"", b"it could not be decrypted with the age identity given: " + age_error
     return done.returncode, done.stdout, done.stderr
 
 
@@ -123,8 +123,9 @@ def main():
     params = module.params
     rc, out, err = schema_sql(params["path"], params["container"], params["identity"])
     if rc != 0:
-        module.fail_json(msg="pg_restore could not read the schema of %s in the container %s: %s"
-                         % (params["path"], params["container"], err.decode("utf-8", "replace").strip()))
+        module.fail_json(msg="The schema of %s could not be read (pg_restore in the container %s): %s. "
+                             "Nothing was changed." % (params["path"], params["container"],
+                                                       err.decode("utf-8", "replace").strip()))
     try:
         roles = core.referenced_roles(out.decode("utf-8"))
     except core.ParseError as error:
