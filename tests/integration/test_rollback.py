@@ -500,25 +500,27 @@ def backed_up(tmp_path):
 
 def test_a_failed_restore_leaves_the_database_untouched(tmp_path):
     run, dump = backed_up(tmp_path)
-    # The tablespace of one of the dump's tables is gone: the restore fails midway,
-    # after it has dropped the schemas and loaded tables.
-    docker("exec", "-u", "postgres", CONTAINER, "mkdir", "-p", "/tmp/doomed_space")
-    sql("CREATE TABLESPACE doomed_space LOCATION '/tmp/doomed_space'", db="postgres")
-    sql("CREATE TABLE zz_in_doomed_space (id int) TABLESPACE doomed_space")
+    # A CHECK constraint calling a function that reads another table (declared IMMUTABLE, which it is
+    # not): pg_dump loads aaa_checked's rows before zzz_allowed's, so the check fails midway through
+    # the restore, after the schemas were dropped and tables loaded. Only this database is touched
+    # (no tablespace or other object a later point-in-time recovery would replay outside it).
+    sql("CREATE TABLE zzz_allowed (v int); INSERT INTO zzz_allowed VALUES (1); "
+        "CREATE FUNCTION doomed_allowed(int) RETURNS boolean LANGUAGE sql IMMUTABLE "
+        "AS 'SELECT EXISTS (SELECT FROM public.zzz_allowed WHERE v = $1)'; "
+        "CREATE TABLE aaa_checked (v int CHECK (doomed_allowed(v))); INSERT INTO aaa_checked VALUES (1)")
     try:
         assert run("playbooks/backup.yml").rc == 0
         doomed_dump = dumps(run.backups)[-1]
-        sql("DROP TABLE zz_in_doomed_space; CREATE TABLE kept_after_failure (id int)")
-        sql("DROP TABLESPACE doomed_space", db="postgres")
+        sql("DROP TABLE aaa_checked, zzz_allowed; DROP FUNCTION doomed_allowed(int); "
+            "CREATE TABLE kept_after_failure (id int)")
         failed = run("playbooks/restore.yml", "restore_confirm=" + DB, "restore_backup=" + doomed_dump)
         assert failed.rc != 0 and "failed and was rolled back" in failed.text, failed
-        assert "doomed_space" in failed.text
-        assert sql("SELECT to_regclass('kept_after_failure') IS NOT NULL") == ["t"]
+        assert "aaa_checked" in failed.text
+        assert sql("SELECT to_regclass('kept_after_failure') IS NOT NULL, to_regclass('aaa_checked') IS NULL") == ["t|t"]
         assert sql("SELECT count(*) FROM pgbench_accounts") == [PGBENCH_ROWS]
     finally:
-        sql("DROP TABLE IF EXISTS kept_after_failure, zz_in_doomed_space")
-        sql("DROP TABLESPACE IF EXISTS doomed_space", db="postgres")
-        docker("exec", CONTAINER, "rm", "-rf", "/tmp/doomed_space", check=False)
+        sql("DROP TABLE IF EXISTS kept_after_failure, aaa_checked, zzz_allowed; "
+            "DROP FUNCTION IF EXISTS doomed_allowed(int)")
     assert dump
 
 
