@@ -52,7 +52,8 @@ until [ "$(psql -X -q -t -A -h /var/run/postgresql -d postgres -c 'SELECT pg_is_
 done
 grep -E 'recovery stopping|redo done|selected new timeline|archive recovery complete' "$log" || true
 history=$(find "$PGDATA/pg_wal" -maxdepth 1 -name "*.history" | sort | tail -n 1)
-echo "RECOVERY_END=$(tail -n 1 "$history" | tr '\t' ' ')"
+# PostgreSQL ends a history file with an empty line: the last line with text is the new timeline's.
+echo "RECOVERY_END=$(grep -v '^[[:space:]]*$' "$history" | tail -n 1 | tr '\t' ' ')"
 pg_ctl -D "$PGDATA" -m fast -w stop
 # pgBackRest writes what it restores and fetches (WAL, history files) with mode
 # 0640: the data directory stays the postgres user's alone, as initdb made it.
