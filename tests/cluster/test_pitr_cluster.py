@@ -128,7 +128,7 @@ def two_writes_around_an_instant():
     target = server_now()
     settle()
     owner("INSERT INTO pitr_cluster_marks VALUES (%s)", (f"after-{tag}",))
-    owner("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 5000")
+    node_sql(primary(), "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 5000")  # pgbench's: the superuser's
     return target, f"before-{tag}", f"after-{tag}", expected
 
 
