@@ -33,7 +33,9 @@ def volume_of(node):
 
 
 def pre_restore_volumes():
-    return docker("volume", "ls", "--quiet", "--filter", f"label={PRE_RESTORE_LABEL}").split()
+    """The volumes restores kept of this cluster's nodes (never another stack's: the label names the node's volume)."""
+    return sorted({name for node in NODES for name in docker(
+        "volume", "ls", "--quiet", "--filter", f"label={PRE_RESTORE_LABEL}={volume_of(node)}").split()})
 
 
 @pytest.fixture(autouse=True)
