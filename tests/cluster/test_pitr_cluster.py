@@ -258,6 +258,19 @@ def test_a_restore_killed_in_its_one_off_container_continues_when_run_again():
     assert not os.path.exists(RECORD)
 
 
+def processes_with_argument(argument):
+    """Ids of the processes with exactly this argument on their command line."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if argument.encode() in cmdline.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def test_a_restore_interrupted_while_the_cluster_is_rebuilt_finishes_without_restoring_again():
     leader = primary()
     target, before, after, _ = two_writes_around_an_instant()
@@ -281,6 +294,9 @@ def test_a_restore_interrupted_while_the_cluster_is_rebuilt_finishes_without_res
 
     def kill_the_playbook():
         os.killpg(playbook.pid, signal.SIGKILL)
+        # Mitogen's workers leave the process group (setsid): found by this run's own arguments.
+        for pid in processes_with_argument(variables):
+            os.kill(pid, signal.SIGKILL)
 
     kill_when(restored_and_starting, kill_the_playbook, killed)
     playbook.wait(timeout=60)
