@@ -46,10 +46,16 @@ def members():
 
 
 def dcs_config():
-    """The cluster-wide settings Patroni keeps in etcd (its REST API's /config), asked of the first node."""
-    return json.loads(docker("exec", NODES[0], "python3", "-c",
-                             "import urllib.request; print(urllib.request.urlopen("
-                             "'http://localhost:8008/config').read().decode())"))
+    """The cluster-wide settings Patroni keeps in etcd (its REST API's /config), asked of the first node
+    that answers (a test may have stopped some)."""
+    for node in NODES:
+        proc = subprocess.run(["docker", "exec", node, "python3", "-c",
+                               "import urllib.request; print(urllib.request.urlopen("
+                               "'http://localhost:8008/config').read().decode())"],
+                              capture_output=True, text=True, check=False, timeout=30)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+    raise AssertionError(f"no node answered /config; members: {members()}")
 
 
 def primary():
