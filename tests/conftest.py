@@ -234,6 +234,24 @@ PGBENCH_SCALE = 7
 PGBENCH_ROWS = str(PGBENCH_SCALE * 100000)
 
 
+# Point-in-time restore requests refused before any change, with the words of the refusal:
+# the same for the single server and the cluster (tests/integration and tests/cluster).
+BAD_PITR_REQUESTS = [
+    ({"restore_target_time": "yesterday at noon"}, "is not 'latest', or a date and time"),
+    ({"restore_target_time": "2026-11-27 15:01:59"}, "is not 'latest', or a date and time"),
+    ({"restore_target_time": "2099-01-01 00:00:00+00"}, "is in the future"),
+    ({"restore_target_time": "2001-01-01 00:00:00+00"}, "is before the end of the oldest backup"),
+    ({"restore_target_time": "latest", "restore_confirm": "yes"}, "confirm it with -e restore_confirm=" + DB_NAME),
+    ({"restore_target_time": "latest", "restore_confirm": None}, "confirm it with -e restore_confirm=" + DB_NAME),
+]
+
+
+def pitr_request(variables):
+    """A request's extra vars: the right confirmation unless it sets its own (None: none at all)."""
+    variables = {"restore_confirm": DB_NAME, **variables}
+    return {k: v for k, v in variables.items() if not (k == "restore_confirm" and v is None)}
+
+
 def ensure_realistic_size():
     """pgbench's tables at PGBENCH_SCALE in the app's database, made again when a test removed them."""
     present = socket_sql("SELECT to_regclass('pgbench_accounts') IS NOT NULL")[0] == "t"

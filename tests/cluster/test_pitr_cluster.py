@@ -19,8 +19,8 @@ import uuid
 import pytest
 
 from cluster_support import NODES, ETCD, docker, healthy, members, node_sql, owner_params, primary, sql, wait_until
-from conftest import BACKUP_DIR, DB_NAME, EXTRA_VARS, PGBENCH_ROWS, PGBENCH_SCALE, ROOT, VOLUME, extra_vars_args, \
-    playbook_env, run_playbook
+from conftest import BACKUP_DIR, BAD_PITR_REQUESTS, DB_NAME, EXTRA_VARS, PGBENCH_ROWS, PGBENCH_SCALE, ROOT, VOLUME, extra_vars_args, \
+    pitr_request, playbook_env, run_playbook
 
 # roles/pgbackrest's record of a restore in progress (pgbackrest_state_dir: db_backup_dir).
 RECORD = f"{EXTRA_VARS.get('db_backup_dir', BACKUP_DIR)}/pitr-restore-{DB_NAME}.json"
@@ -173,17 +173,9 @@ def test_a_restore_to_an_instant_brings_every_node_back_to_it_on_one_new_timelin
     docker("exec", "--user", "postgres", leader, "pgbackrest", "check", timeout=120)
 
 
-@pytest.mark.parametrize("variables, message", [
-    ({"restore_target_time": "yesterday at noon"}, "is not 'latest', or a date and time"),
-    ({"restore_target_time": "2099-01-01 00:00:00+00"}, "is in the future"),
-    ({"restore_target_time": "2001-01-01 00:00:00+00"}, "is before the end of the oldest backup"),
-    ({"restore_target_time": "latest", "restore_confirm": "yes"}, "confirm it with -e restore_confirm=" + DB_NAME),
-    ({"restore_target_time": "latest", "restore_confirm": None}, "confirm it with -e restore_confirm=" + DB_NAME),
-])
+@pytest.mark.parametrize("variables, message", BAD_PITR_REQUESTS)
 def test_bad_restore_requests_are_refused_before_anything_changes(variables, message):
-    variables = {"restore_confirm": DB_NAME, **variables}
-    if variables["restore_confirm"] is None:
-        del variables["restore_confirm"]
+    variables = pitr_request(variables)
     before = (started(), primary(), sorted(pre_restore_volumes()))
 
     result = run_playbook("playbooks/restore.yml", "-e", json.dumps(variables))

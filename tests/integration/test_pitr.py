@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from conftest import BACKUP_DIR, CONTAINER, DB_NAME, DB_PORT, OWNER_ROLE, PGBACKREST_CONFIG_DIR, PGBACKREST_REPO, \
-    PGBENCH_ROWS, ROOT, VOLUME, docker, ensure_realistic_size, migrations_folder, playbook_env, query, run_playbook, \
+from conftest import BACKUP_DIR, BAD_PITR_REQUESTS, CONTAINER, DB_NAME, DB_PORT, OWNER_ROLE, PGBACKREST_CONFIG_DIR, PGBACKREST_REPO, \
+    PGBENCH_ROWS, ROOT, VOLUME, docker, ensure_realistic_size, migrations_folder, pitr_request, playbook_env, query, run_playbook, \
     secret, socket_sql
 
 RECORD = f"{BACKUP_DIR}/pitr-restore-{DB_NAME}.json"
@@ -323,18 +323,9 @@ def test_a_corrupted_backup_file_is_reported_by_verify_and_fails_the_backup():
     assert run_playbook("playbooks/backup.yml", "-e", "backup_type=incr").rc == 0
 
 
-@pytest.mark.parametrize("variables, message", [
-    ({"restore_target_time": "yesterday at noon"}, "is not 'latest', or a date and time"),
-    ({"restore_target_time": "2026-11-27 15:01:59"}, "is not 'latest', or a date and time"),
-    ({"restore_target_time": "2099-01-01 00:00:00+00"}, "is in the future"),
-    ({"restore_target_time": "2001-01-01 00:00:00+00"}, "is before the end of the oldest backup"),
-    ({"restore_target_time": "latest", "restore_confirm": "yes"}, "confirm it with -e restore_confirm=" + DB_NAME),
-    ({"restore_target_time": "latest", "restore_confirm": None}, "confirm it with -e restore_confirm=" + DB_NAME),
-])
+@pytest.mark.parametrize("variables, message", BAD_PITR_REQUESTS)
 def test_bad_restore_requests_are_refused_before_anything_changes(variables, message):
-    variables = {"restore_confirm": DB_NAME, **variables}
-    if variables["restore_confirm"] is None:
-        del variables["restore_confirm"]
+    variables = pitr_request(variables)
     before = (started_at(), sorted(pre_restore_volumes()))
 
     result = run_playbook("playbooks/restore.yml", "-e", json.dumps(variables))
