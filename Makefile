@@ -3,7 +3,8 @@
 #               and install the migrations command line as .venv/bin/pg-migrate
 #   make cli    install .venv/bin/pg-migrate only (no provisioning)
 #   make test   lint, unit tests, then `molecule test` (converge, idempotence, integration tests)
-#               for the single server, then for the cluster (scenario `cluster`)
+#               for the single server and, beside it, for the cluster (scenario `cluster`),
+#               then the Docker engine's tests (tests/engine)
 #   make bench  the benchmarks under bench/
 SHELL := /bin/bash
 VENV := .venv
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 # Ansible and Molecule call each other by name: the venv goes first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: up cli test lint unit molecule bench clean-venv node test-tools
+.PHONY: up cli test lint unit molecule molecule-default molecule-cluster bench clean-venv node test-tools
 
 $(BIN)/activate:
 	command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null \
@@ -56,13 +57,25 @@ lint: $(VENV)/.installed
 unit: $(VENV)/.installed
 	pytest tests/unit
 
-# The tests take over the local stack: it is removed first (molecule/default/teardown.yml), so that
-# converge starts from nothing with the secrets of this clone; then again before the cluster
-# scenario (db_topology=cluster), which leaves the cluster running.
+# The tests take over the local stacks: both are removed first (molecule/default/teardown.yml), so
+# that converge starts from nothing with the secrets of this clone. The single server (scenario
+# `default`, the inventory's names) and the cluster (scenario `cluster`: names, ports, folders and
+# secrets of its own, molecule/cluster/vars.json) then run side by side: the cluster's tests mostly
+# wait on failovers, and one after the other they took 54 minutes. The image both run is built first,
+# once. The engine's own tests stop dockerd, so they come last, when both scenarios are done.
+CLUSTER_VARS := molecule/cluster/vars.json
+
 molecule: $(VENV)/.installed $(BIN)/pg-migrate node test-tools
 	ansible-playbook molecule/default/teardown.yml
+	ansible-playbook molecule/default/teardown.yml -e @$(CLUSTER_VARS)
+	ansible-playbook tests/integration/image_only.yml
+	$(MAKE) --jobs=2 --output-sync=target molecule-default molecule-cluster
+	pytest tests/engine
+
+molecule-default:
 	molecule test
-	ansible-playbook molecule/default/teardown.yml
+
+molecule-cluster:
 	molecule test --scenario-name cluster
 
 test: lint unit molecule

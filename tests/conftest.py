@@ -60,7 +60,7 @@ DB_PORT = int(EXTRA_VARS.get("db_port", 5432))
 VOLUME = EXTRA_VARS.get("db_data_volume", EXTRA_VARS.get("postgres_container_volume", "social_selling_pgdata"))
 NETWORK = EXTRA_VARS.get("postgres_container_network", "social_selling")
 CONFIG_ROOT = EXTRA_VARS.get("postgres_container_config_root", "/etc/social-selling-postgres")
-BACKUP_DIR = EXTRA_VARS.get("postgres_backup_dir", "/var/backups/social-selling")
+BACKUP_DIR = EXTRA_VARS.get("postgres_backup_dir", EXTRA_VARS.get("db_backup_dir", "/var/backups/social-selling"))
 PGBACKREST_REPO = EXTRA_VARS.get("db_pgbackrest_repo", "social_selling_pgbackrest")
 PGBACKREST_CONFIG_DIR = EXTRA_VARS.get("pgbackrest_config_dir", "/etc/social-selling-pgbackrest")
 

@@ -19,11 +19,11 @@ import uuid
 import pytest
 
 from cluster_support import NODES, ETCD, docker, healthy, members, node_sql, owner_params, primary, sql, wait_until
-from conftest import BACKUP_DIR, BAD_PITR_REQUESTS, DB_NAME, EXTRA_VARS, PGBENCH_ROWS, PGBENCH_SCALE, ROOT, VOLUME, extra_vars_args, \
+from conftest import BACKUP_DIR, BAD_PITR_REQUESTS, DB_NAME, PGBENCH_ROWS, PGBENCH_SCALE, ROOT, VOLUME, extra_vars_args, \
     pitr_request, playbook_env, run_playbook
 
 # roles/pgbackrest's record of a restore in progress (pgbackrest_state_dir: db_backup_dir).
-RECORD = f"{EXTRA_VARS.get('db_backup_dir', BACKUP_DIR)}/pitr-restore-{DB_NAME}.json"
+RECORD = f"{BACKUP_DIR}/pitr-restore-{DB_NAME}.json"
 PRE_RESTORE_LABEL = "social-selling.pre-restore-of"
 # roles/pgbackrest's task that restores the files and runs the recovery.
 RESTORE_TASK = "Restore the files and recover to the target in a one-off container"
