@@ -57,16 +57,19 @@ lint: $(VENV)/.installed
 unit: $(VENV)/.installed
 	pytest tests/unit
 
-# The tests take over the local stacks: both are removed first (molecule/default/teardown.yml), so
+# The tests take over the local stacks: all are removed first (molecule/default/teardown.yml), so
 # that converge starts from nothing with the secrets of this clone. The single server (scenario
-# `default`, the inventory's names) and the cluster (scenario `cluster`: names, ports, folders and
-# secrets of its own, molecule/cluster/vars.json) then run side by side: the cluster's tests mostly
-# wait on failovers, and one after the other they took 54 minutes. The image both run is built first,
-# once. The engine's own tests stop dockerd, so they come last, when both scenarios are done.
+# `default`, the inventory's names; its integration suite on two workers, the second against a
+# single server of its own, molecule/default/second-stack.json) and the cluster (scenario `cluster`:
+# names, ports, folders and secrets of its own, molecule/cluster/vars.json) then run side by side:
+# one after the other, and on one worker, they took 54 minutes, much of it waiting. The image they
+# run is built first, once. The engine's own tests stop dockerd, so they come last.
 CLUSTER_VARS := molecule/cluster/vars.json
+SECOND_STACK_VARS := molecule/default/second-stack.json
 
 molecule: $(VENV)/.installed $(BIN)/pg-migrate node test-tools
 	ansible-playbook molecule/default/teardown.yml
+	ansible-playbook molecule/default/teardown.yml -e @$(SECOND_STACK_VARS)
 	ansible-playbook molecule/default/teardown.yml -e @$(CLUSTER_VARS)
 	ansible-playbook tests/integration/image_only.yml
 	$(MAKE) --jobs=2 --output-sync=target molecule-default molecule-cluster
