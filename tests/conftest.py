@@ -25,7 +25,6 @@ second, throwaway stack and never touches the one `make up` provisions, e.g.
     TEST_EXTRA_VARS=vars.json DB_SECRETS_DIR=.secrets-t11 pytest tests/integration
 """
 import contextlib
-import fcntl
 import json
 import os
 import pathlib
@@ -43,16 +42,6 @@ import psycopg2
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-# `make test` runs the integration suite on two pytest-xdist workers, a test file
-# each at a time (molecule/default/molecule.yml: -n 2 --dist loadfile): the first
-# against the stack Molecule converged, the second against a single server of its
-# own, named by TEST_SECOND_STACK (extra vars, as TEST_EXTRA_VARS) with its
-# secrets in TEST_SECOND_STACK_SECRETS, converged before its first test.
-SECOND_STACK = os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0" and bool(os.environ.get("TEST_SECOND_STACK"))
-if SECOND_STACK:
-    os.environ["TEST_EXTRA_VARS"] = os.environ["TEST_SECOND_STACK"]
-    os.environ["DB_SECRETS_DIR"] = os.environ["TEST_SECOND_STACK_SECRETS"]
 # Where the playbooks keep generated secrets (inventory/group_vars/all.yml:
 # DB_SECRETS_DIR, else .secrets/ at the repository root).
 SECRETS_DIR = pathlib.Path(os.environ.get("DB_SECRETS_DIR") or ROOT / ".secrets")
@@ -211,15 +200,6 @@ def playbook_env(extra=None):
     return clean
 
 
-@pytest.fixture(scope="session", autouse=True)
-def second_stack():
-    """The second worker's single server, converged once before its first test (nothing elsewhere)."""
-    if SECOND_STACK:
-        run = run_playbook("site.yml", timeout=1800)
-        assert run.rc == 0, run
-
-
-
 def docker(*args, check=True):
     """Run the docker CLI and return its stdout."""
     proc = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
@@ -372,19 +352,14 @@ def node_version():
 
 
 def npm_ci(folder, force=False):
-    """`npm ci` in folder when its node_modules is missing or older than its package-lock.json (or force).
-
-    Under a lock: the two workers of `make test` share the folder.
-    """
+    """`npm ci` in folder when its node_modules is missing or older than its package-lock.json (or force)."""
     installed = folder / "node_modules" / ".package-lock.json"
-    with open(folder / ".npm-ci.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if force or not installed.exists() or \
-                installed.stat().st_mtime < (folder / "package-lock.json").stat().st_mtime:
-            proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True,
-                                  text=True, check=False, timeout=600)
-            if proc.returncode != 0:
-                pytest.fail(f"npm ci in {folder} failed: {proc.stdout}{proc.stderr}", pytrace=False)
+    if force or not installed.exists() or \
+            installed.stat().st_mtime < (folder / "package-lock.json").stat().st_mtime:
+        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True,
+                              text=True, check=False, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"npm ci in {folder} failed: {proc.stdout}{proc.stderr}", pytrace=False)
     return folder / "node_modules"
 
 
