@@ -277,7 +277,6 @@ READ_REPOSITORY = """
         tasks_from: info
       vars:
         pgbackrest_container_running: false
-        pgbackrest_config_dir: {config_dir}
         pgbackrest_image: {image}
 """
 
@@ -291,9 +290,10 @@ def test_a_repository_made_with_another_passphrase_is_named_with_a_clear_error(t
     (config_dir / "pgbackrest.conf").write_text(conf)
     for path in (config_dir, config_dir / "pgbackrest.conf"):
         os.chown(path, 999, 999)
-    (tmp_path / "read.yml").write_text(READ_REPOSITORY.format(config_dir=config_dir, image=image()))
+    (tmp_path / "read.yml").write_text(READ_REPOSITORY.format(image=image()))
 
-    result = run_playbook(str(tmp_path / "read.yml"))
+    # An extra var: it wins over TEST_EXTRA_VARS' pgbackrest_config_dir on an isolated stack.
+    result = run_playbook(str(tmp_path / "read.yml"), "-e", f"pgbackrest_config_dir={config_dir}")
 
     assert result.rc != 0, result
     assert "cannot be decrypted with the configured passphrase" in result.output, result
