@@ -169,7 +169,8 @@ class PlaybookRun:
         return names
 
     def __repr__(self):
-        return (f"PlaybookRun(rc={self.rc}, recap={self.recap}, changed tasks={self.changed_tasks})\n"
+        # The changed tasks first: pytest shortens a long message in its middle.
+        return (f"PlaybookRun(rc={self.rc}, changed tasks={self.changed_tasks}, recap={self.recap})\n"
                 f"{self.output[-4000:]}")
 
 

@@ -4,15 +4,15 @@ Seed acceptance: "Extensions installed: uuid-ossp, pgcrypto, pg_trgm,
 pg_stat_statements" and "Application database user created with correct
 permissions". Every check logs in for real, through the published port.
 """
-import contextlib
 import json
+import os
 import subprocess
 import uuid
 
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, docker_exec, query, run_playbook, secret
+from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, _server, docker_exec, query, run_playbook, secret
 
 EXTENSIONS = ["pg_stat_statements", "pg_trgm", "pgcrypto", "uuid-ossp"]
 
@@ -102,43 +102,6 @@ def test_a_wrong_password_is_refused(app_params):
         psycopg2.connect(**dict(app_params, password="not-the-password-" + uuid.uuid4().hex))
 
 
-@contextlib.contextmanager
-def rotated(env_name, new_password):
-    """site.yml with a new password in `env_name`: one change, then none; the old one is put back (one change) after."""
-    try:
-        first = run_playbook("site.yml", env={env_name: new_password})
-        assert first.rc == 0 and first.changed == 1, first
-        second = run_playbook("site.yml", env={env_name: new_password})
-        assert second.rc == 0 and second.changed == 0, second
-        yield
-    finally:
-        restored = run_playbook("site.yml")
-    assert restored.rc == 0 and restored.changed == 1, restored
-
-
-def test_rotating_postgres_password_changes_once_then_nothing(app_params):
-    new_password = "rotated-" + uuid.uuid4().hex
-    with rotated("POSTGRES_PASSWORD", new_password):
-        psycopg2.connect(**dict(app_params, password=new_password)).close()
-        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
-            psycopg2.connect(**app_params)
-    psycopg2.connect(**app_params).close()
-
-
-def test_rotating_postgres_owner_password_changes_once_then_nothing(owner_params):
-    new_password = "rotated-owner-" + uuid.uuid4().hex
-    with rotated("POSTGRES_OWNER_PASSWORD", new_password):
-        # The new password logs in and can still do the owner's work (DDL); the old one is refused.
-        with psycopg2.connect(**dict(owner_params, password=new_password)) as conn, conn.cursor() as cur:
-            cur.execute("CREATE TEMP TABLE owner_rotation_probe (id int)")
-        with pytest.raises(psycopg2.OperationalError,
-                           match=f'password authentication failed for user "{OWNER_ROLE}"'):
-            psycopg2.connect(**owner_params)
-    psycopg2.connect(**owner_params).close()
-    with pytest.raises(psycopg2.OperationalError, match=f'password authentication failed for user "{OWNER_ROLE}"'):
-        psycopg2.connect(**dict(owner_params, password=new_password))
-
-
 def test_no_password_appears_in_output_even_with_vvv(admin_params, app_params, owner_params):
     run = run_playbook("site.yml", "-vvv")
     assert run.rc == 0, run
@@ -147,29 +110,94 @@ def test_no_password_appears_in_output_even_with_vvv(admin_params, app_params, o
     assert secret("PGBACKREST_REPO_CIPHER_PASS", "pgbackrest_cipher_pass") not in run.output
 
 
-def test_no_password_reaches_the_log_pg_stat_statements_or_the_volume_after_a_rotation(admin_params):
-    # Development logs every statement and pg_stat_statements keeps utility
-    # statements as written: rotate all three passwords, then look for each.
-    rotated = {"POSTGRES_PASSWORD": "leakcheck-app-" + uuid.uuid4().hex,
-               "POSTGRES_OWNER_PASSWORD": "leakcheck-owner-" + uuid.uuid4().hex,
-               "POSTGRES_ADMIN_PASSWORD": "leakcheck-admin-" + uuid.uuid4().hex}
+# What a change of every password changes, and nothing else: the superuser's (its file on the
+# Docker host, then the server), the owner's and the application role's (one task).
+PASSWORD_TASKS = ["postgres_container : Write the superuser password file",
+                  "postgres_container : Set the superuser password through the local socket",
+                  "postgres_bootstrap : Create the owner and application roles with their passwords"]
+ROTATED = {"POSTGRES_PASSWORD": "app", "POSTGRES_OWNER_PASSWORD": "owner", "POSTGRES_ADMIN_PASSWORD": "admin"}
+
+
+def _params(env_name, file_name, user, dbname):
+    return dict(_server(), user=user, dbname=dbname, password=secret(env_name, file_name))
+
+
+def _login(params, password, statement="SELECT 1"):
+    """'ok' when these parameters log in with this password and run the statement, else the server's error."""
     try:
-        run = run_playbook("site.yml", env=rotated)
-        assert run.rc == 0 and run.changed >= 3, run
-        new_admin = dict(admin_params, password=rotated["POSTGRES_ADMIN_PASSWORD"])
-        # The query text holds no password, so it cannot match itself.
-        statements = [row[0] for row in query(dict(new_admin, dbname=DB_NAME), "SELECT query FROM pg_stat_statements")]
-        logs = subprocess.run(["docker", "logs", CONTAINER], capture_output=True, text=True, check=True)
-        # grep reads the patterns from stdin: no password on its command line.
-        on_volume = docker_exec(CONTAINER, "grep", "-rlF", "-f", "/dev/stdin", "/var/lib/postgresql/data",
-                                stdin="\n".join(rotated.values()) + "\n")
+        conn = psycopg2.connect(**dict(params, password=password))
+    except psycopg2.OperationalError as error:
+        return str(error)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement)
+        return "ok"
     finally:
-        restored = run_playbook("site.yml")
-        assert restored.rc == 0, restored
-    for name, password in rotated.items():
-        assert not [q for q in statements if password in q], f"{name} in pg_stat_statements"
-        assert password not in logs.stdout + logs.stderr, f"{name} in the server log"
-    assert on_volume.returncode == 1 and on_volume.stdout == "", f"passwords in files on the volume: {on_volume.stdout}"
+        conn.close()
+
+
+class TestRotation:
+    """Every password rotated by one site.yml, run again, then the old ones put back: the class's
+    fixture makes the three runs and records what each password could do in between and after."""
+
+    @pytest.fixture(scope="class")
+    def rotation(self):
+        params = {"app": _params("POSTGRES_PASSWORD", "postgres_app_password", APP_ROLE, DB_NAME),
+                  "owner": _params("POSTGRES_OWNER_PASSWORD", "postgres_owner_password", OWNER_ROLE, DB_NAME),
+                  "admin": _params("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password",
+                                   os.environ.get("PGTEST_ADMIN_USER", "postgres"), "postgres")}
+        new = {name: f"rotated-{name}-{uuid.uuid4().hex}" for name in params}
+        env = {variable: new[name] for variable, name in ROTATED.items()}
+        # The owner's DDL shows the new password can still do the owner's work.
+        work = {"app": "SELECT 1", "owner": "CREATE TEMP TABLE owner_rotation_probe (id int)", "admin": "SELECT 1"}
+        seen = {}
+        try:
+            seen["first"] = run_playbook("site.yml", env=env)
+            seen["second"] = run_playbook("site.yml", env=env)
+            seen["rotated"] = {name: (_login(params[name], new[name], work[name]),
+                                      _login(params[name], params[name]["password"])) for name in params}
+            # Development logs every statement and pg_stat_statements keeps utility statements as
+            # written. The query text holds no password, so it cannot match itself.
+            new_admin = dict(params["admin"], password=new["admin"], dbname=DB_NAME)
+            seen["statements"] = [row[0] for row in query(new_admin, "SELECT query FROM pg_stat_statements")]
+            logs = subprocess.run(["docker", "logs", CONTAINER], capture_output=True, text=True, check=True)
+            seen["logs"] = logs.stdout + logs.stderr
+            # grep reads the patterns from stdin: no password on its command line.
+            seen["on_volume"] = docker_exec(CONTAINER, "grep", "-rlF", "-f", "/dev/stdin", "/var/lib/postgresql/data",
+                                            stdin="\n".join(new.values()) + "\n")
+        finally:
+            seen["restored"] = run_playbook("site.yml")
+        seen["put_back"] = {name: (_login(params[name], params[name]["password"]), _login(params[name], new[name]))
+                            for name in params}
+        return dict(seen, new=new)
+
+    def test_one_run_changes_every_password_and_a_rerun_changes_nothing(self, rotation):
+        first, second = rotation["first"], rotation["second"]
+        assert first.rc == 0 and first.changed_tasks == PASSWORD_TASKS, first
+        assert second.rc == 0 and second.changed == 0, second
+
+    def test_putting_the_old_passwords_back_changes_them_once(self, rotation):
+        restored = rotation["restored"]
+        assert restored.rc == 0 and restored.changed_tasks == PASSWORD_TASKS, restored
+
+    @pytest.mark.parametrize("name", ["app", "owner", "admin"])
+    def test_the_new_password_works_and_the_old_one_is_refused(self, rotation, name):
+        with_new, with_old = rotation["rotated"][name]
+        assert with_new == "ok"
+        assert "password authentication failed" in with_old, with_old
+
+    @pytest.mark.parametrize("name", ["app", "owner", "admin"])
+    def test_after_the_rotation_back_the_old_password_works_and_the_new_one_is_refused(self, rotation, name):
+        with_old, with_new = rotation["put_back"][name]
+        assert with_old == "ok"
+        assert "password authentication failed" in with_new, with_new
+
+    def test_no_password_reaches_the_log_pg_stat_statements_or_the_volume(self, rotation):
+        for name, password in rotation["new"].items():
+            assert not [q for q in rotation["statements"] if password in q], f"{name} in pg_stat_statements"
+            assert password not in rotation["logs"], f"{name} in the server log"
+        on_volume = rotation["on_volume"]
+        assert on_volume.returncode == 1 and on_volume.stdout == "", f"passwords in files on the volume: {on_volume.stdout}"
 
 
 def test_check_mode_reports_a_pending_superuser_rotation_and_changes_nothing(admin_params):

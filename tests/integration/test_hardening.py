@@ -1,7 +1,9 @@
 """Issue 7: TLS, access rules and logging, in production and development.
 
-The production tests converge the shared container with app_env=production
-(TLS required) and put it back to development afterwards.
+The tests at module level run against the inventory's default, development.
+The production tests are one class (pytest-randomly keeps a class's tests
+together): it converges the shared container with app_env=production (TLS
+required) once, and puts development back after its last test.
 """
 import datetime
 import hashlib
@@ -26,43 +28,6 @@ from conftest import (APP_ROLE, CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, _serve
                       run_playbook, secret)
 
 CA_FILE = CONFIG_ROOT + "/ca.crt"
-
-
-# Which app_env the container was last converged with by this module. Tests may
-# run in any order (pytest-randomly): each production test converges production
-# when it is not in force, each other test development, and the module ends in
-# development whatever ran last.
-_MODE = {"app_env": "development"}
-
-
-def _converge(app_env):
-    if _MODE["app_env"] != app_env:
-        run = run_playbook("site.yml", "-e", "app_env=" + app_env)
-        assert run.rc == 0, run
-        _MODE["app_env"] = app_env
-        return run
-    return None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def development_at_the_end():
-    """The module leaves the container in development (the inventory's default)."""
-    yield
-    _MODE["app_env"] = "unknown"
-    _converge("development")
-
-
-@pytest.fixture(autouse=True)
-def app_env_of_the_test(request):
-    """Development for every test that does not ask for production."""
-    if "production" not in request.fixturenames:
-        _converge("development")
-
-
-@pytest.fixture
-def production():
-    """The container converged with app_env=production (development again before the next other test)."""
-    _converge("production")
 
 
 def _admin_login():
@@ -224,7 +189,6 @@ class TestOwnCertificate:
 
     @pytest.fixture(scope="class")
     def own(self, tmp_path_factory):
-        _converge("development")
         folder = tmp_path_factory.mktemp("own-tls")
         ca_key, ca_cert, ca_file = _make_ca(folder, "own-test-ca")
         server_key = ec.generate_private_key(ec.SECP256R1())
@@ -346,66 +310,7 @@ def test_a_missing_backup_key_fails_before_any_change(tmp_path):
     assert list(folder.iterdir()) == []
 
 
-# Production: TLS required (the `production` fixture converges it when needed).
-
-def test_production_run_recreates_nothing_on_the_second_run(production):
-    before = container_id()
-    cert_before = os.stat(CONFIG_ROOT + "/conf/server.crt").st_mtime_ns
-    again = run_playbook("site.yml", "-e", "app_env=production")
-    assert again.rc == 0 and again.changed == 0, again
-    assert container_id() == before
-    assert os.stat(CONFIG_ROOT + "/conf/server.crt").st_mtime_ns == cert_before
-
-
-@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-def test_verify_full_with_our_ca_connects(production, app_params, host):
-    with _connect(app_params, host=host, sslmode="verify-full", sslrootcert=CA_FILE) as conn, conn.cursor() as cur:
-        cur.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        ssl, version = cur.fetchone()
-    assert ssl is True and version in ("TLSv1.2", "TLSv1.3")
-
-
-def test_sslmode_disable_is_refused_in_production(production, app_params):
-    with pytest.raises(psycopg2.OperationalError, match="no encryption"):
-        _connect(app_params, sslmode="disable")
-
-
-def test_every_app_connection_is_encrypted_with_tls_1_2_or_newer(production, app_params, admin_params):
-    keep = _connect(app_params, sslmode="require")
-    try:
-        with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
-            cur.execute("SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
-                        "WHERE a.usename = %s", (APP_ROLE,))
-            rows = cur.fetchall()
-    finally:
-        keep.close()
-    assert rows and all(ssl and version in ("TLSv1.2", "TLSv1.3") for ssl, version in rows), rows
-
-
-@pytest.mark.parametrize("setting, expected", [
-    ("ssl", "on"), ("ssl_min_protocol_version", "TLSv1.2"), ("log_connections", "on"),
-    ("log_disconnections", "on"), ("log_statement", "none"), ("log_min_duration_statement", "-1"),
-])
-def test_production_server_setting(production, admin_params, setting, expected):
-    with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
-        cur.execute(f"SHOW {setting}")
-        assert cur.fetchone()[0] == expected
-
-
-def test_production_log_line_names_time_user_database_and_client(production, admin_params):
-    with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
-        cur.execute("SHOW log_line_prefix")
-        prefix = cur.fetchone()[0]
-    for escape in ("%m", "%u", "%d", "%h"):
-        assert escape in prefix
-
-
-def test_server_key_belongs_to_the_server_user_only(production):
-    owner = subprocess.run(["docker", "exec", CONTAINER, "stat", "-c", "%U %a",
-                            "/etc/social-selling-postgres/server.key"], capture_output=True, text=True, check=True)
-    assert owner.stdout.split() == ["postgres", "600"]
-
-
+# Production: TLS required.
 
 def _not_after(pem_path=None, served=False):
     """The notAfter date of the server certificate on disk, or of the one the server presents."""
@@ -419,26 +324,91 @@ def _not_after(pem_path=None, served=False):
     return datetime.datetime.strptime(out.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
 
 
-def test_a_certificate_about_to_expire_is_renewed_and_reloaded_without_restart(production, admin_params):
-    server_crt = CONFIG_ROOT + "/conf/server.crt"
-    os.remove(server_crt)
-    short = run_playbook("site.yml", "-e", "app_env=production", "-e", "postgres_container_ssl_valid_days=20",
-                         "-e", "postgres_container_ssl_renew_days=5")
-    assert short.rc == 0, short
-    soon = datetime.datetime.utcnow() + datetime.timedelta(days=21)
-    assert _not_after(server_crt) < soon and _not_after(served=True) < soon
-    before = container_id()
-    with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_postmaster_start_time()")
-        started = cur.fetchone()[0]
+class TestProduction:
+    """app_env=production, converged once for the class; development again after its last test."""
 
-    renewed = run_playbook("site.yml", "-e", "app_env=production")
-    assert renewed.rc == 0 and renewed.changed >= 1, renewed
-    later = datetime.datetime.utcnow() + datetime.timedelta(days=800)
-    assert _not_after(server_crt) > later and _not_after(served=True) > later
-    with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_postmaster_start_time()")
-        assert cur.fetchone()[0] == started
-    assert container_id() == before
-    again = run_playbook("site.yml", "-e", "app_env=production")
-    assert again.rc == 0 and again.changed == 0, again
+    @pytest.fixture(scope="class", autouse=True)
+    def production(self):
+        try:
+            run = run_playbook("site.yml", "-e", "app_env=production")
+            assert run.rc == 0, run
+            yield run
+        finally:
+            back = run_playbook("site.yml")
+            assert back.rc == 0, back
+
+    def test_production_run_recreates_nothing_on_the_second_run(self):
+        before = container_id()
+        cert_before = os.stat(CONFIG_ROOT + "/conf/server.crt").st_mtime_ns
+        again = run_playbook("site.yml", "-e", "app_env=production")
+        assert again.rc == 0 and again.changed == 0, again
+        assert container_id() == before
+        assert os.stat(CONFIG_ROOT + "/conf/server.crt").st_mtime_ns == cert_before
+
+    @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+    def test_verify_full_with_our_ca_connects(self, app_params, host):
+        with _connect(app_params, host=host, sslmode="verify-full", sslrootcert=CA_FILE) as conn, \
+                conn.cursor() as cur:
+            cur.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            ssl, version = cur.fetchone()
+        assert ssl is True and version in ("TLSv1.2", "TLSv1.3")
+
+    def test_sslmode_disable_is_refused_in_production(self, app_params):
+        with pytest.raises(psycopg2.OperationalError, match="no encryption"):
+            _connect(app_params, sslmode="disable")
+
+    def test_every_app_connection_is_encrypted_with_tls_1_2_or_newer(self, app_params, admin_params):
+        keep = _connect(app_params, sslmode="require")
+        try:
+            with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+                cur.execute("SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                            "WHERE a.usename = %s", (APP_ROLE,))
+                rows = cur.fetchall()
+        finally:
+            keep.close()
+        assert rows and all(ssl and version in ("TLSv1.2", "TLSv1.3") for ssl, version in rows), rows
+
+    @pytest.mark.parametrize("setting, expected", [
+        ("ssl", "on"), ("ssl_min_protocol_version", "TLSv1.2"), ("log_connections", "on"),
+        ("log_disconnections", "on"), ("log_statement", "none"), ("log_min_duration_statement", "-1"),
+    ])
+    def test_production_server_setting(self, admin_params, setting, expected):
+        with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+            cur.execute(f"SHOW {setting}")
+            assert cur.fetchone()[0] == expected
+
+    def test_production_log_line_names_time_user_database_and_client(self, admin_params):
+        with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+            cur.execute("SHOW log_line_prefix")
+            prefix = cur.fetchone()[0]
+        for escape in ("%m", "%u", "%d", "%h"):
+            assert escape in prefix
+
+    def test_server_key_belongs_to_the_server_user_only(self):
+        owner = subprocess.run(["docker", "exec", CONTAINER, "stat", "-c", "%U %a",
+                                "/etc/social-selling-postgres/server.key"], capture_output=True, text=True, check=True)
+        assert owner.stdout.split() == ["postgres", "600"]
+
+    def test_a_certificate_about_to_expire_is_renewed_and_reloaded_without_restart(self, admin_params):
+        server_crt = CONFIG_ROOT + "/conf/server.crt"
+        os.remove(server_crt)
+        short = run_playbook("site.yml", "-e", "app_env=production", "-e", "postgres_container_ssl_valid_days=20",
+                             "-e", "postgres_container_ssl_renew_days=5")
+        assert short.rc == 0, short
+        soon = datetime.datetime.utcnow() + datetime.timedelta(days=21)
+        assert _not_after(server_crt) < soon and _not_after(served=True) < soon
+        before = container_id()
+        with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_postmaster_start_time()")
+            started = cur.fetchone()[0]
+
+        renewed = run_playbook("site.yml", "-e", "app_env=production")
+        assert renewed.rc == 0 and renewed.changed >= 1, renewed
+        later = datetime.datetime.utcnow() + datetime.timedelta(days=800)
+        assert _not_after(server_crt) > later and _not_after(served=True) > later
+        with _connect(admin_params, sslmode="require") as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_postmaster_start_time()")
+            assert cur.fetchone()[0] == started
+        assert container_id() == before
+        again = run_playbook("site.yml", "-e", "app_env=production")
+        assert again.rc == 0 and again.changed == 0, again
