@@ -17,6 +17,7 @@ with the row's target; the baseline of a ratio target runs in the same round.
   f  bin/pg-migrate up, 500 pending                          <= 0.6 x node-pg-migrate up
   g  bin/pg-migrate up, nothing pending                      <  0.3 s
   h  bin/pg-migrate up, row e's seed migration               (reported, no target)
+  i  two no-change site.yml at once, the slower of the two   <= 1.3 x one alone
 
 Rows c-g run against any server, each on fresh databases it creates and
 drops: PGTEST_HOST (127.0.0.1), PGTEST_PORT (5432, or TEST_EXTRA_VARS's
@@ -30,7 +31,7 @@ postgres_migrations_dir), never a password on a command line. The migrations
 are bench_migrations.py's generated workloads ("trivial": one SELECT each;
 "seed": CREATE TABLE + 100 x COUNT single-row INSERTs).
 
-Rows a and b need the project's own Docker deployment: --with-site (on by
+Rows a, b and i need the project's own Docker deployment: --with-site (on by
 default when its container exists: social_selling_postgres, or the
 db_container_name of the JSON file TEST_EXTRA_VARS names, whose extra vars
 every site.yml run then gets, as in the tests; DB_SECRETS_DIR and
@@ -89,6 +90,9 @@ ROWS = {
     "g": ("bin/pg-migrate up, nothing pending", None, "below", 0.3),
     # Reported only: the engine's own time on row e's seed, without Ansible.
     "h": ("bin/pg-migrate up, seed %(seed_mb).1f MB (no target)", "node-pg-migrate up", None, None),
+    # A host with 2 CPUs or more runs two Ansible runs side by side (Mitogen's own CPU placement
+    # put both on one CPU: 1.9 x).
+    "i": ("two no-change site.yml at once, the slower one", "one alone", "ratio", 1.3),
 }
 
 
@@ -266,8 +270,22 @@ def container_image():
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def side_by_side(command, env):
+    """Seconds the slower of two copies of a command started together takes."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen(command, env=env, cwd=str(ROOT), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [proc.communicate()[0] for proc in procs]
+    elapsed = time.perf_counter() - started
+    for proc, output in zip(procs, outputs):
+        if proc.returncode != 0 or changed_count(output):
+            raise CommandFailed("a side-by-side site.yml failed or changed something:\n%s"
+                                % output[-3000:])
+    return elapsed
+
+
 def site_round(rows, samples, image):
-    """One round of rows a and b against the project's own container."""
+    """One round of rows a, b and i against the project's own container."""
     if "a" in rows:
         elapsed, output = timed(site_playbook(), playbook_env())
         if changed_count(output):
@@ -285,6 +303,9 @@ def site_round(rows, samples, image):
         finally:
             subprocess.run([str(BASELINE_COLD), "down"], check=True)
         samples["b"].append((ours, baseline))
+    if "i" in rows:
+        alone, _ = timed(site_playbook(), playbook_env())
+        samples["i"].append((side_by_side(site_playbook(), playbook_env()), alone))
 
 
 def verdict(row, ours, baseline):
@@ -303,13 +324,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each row; medians (default 5)")
     parser.add_argument("--only", default=None, metavar="ROWS",
-                        help="rows to run, e.g. cfg or c,f,g (default: c-h, plus a with --with-site, "
-                             "plus b with --cold)")
+                        help="rows to run, e.g. cfg or c,f,g (default: c-h, plus a and i with "
+                             "--with-site, plus b with --cold)")
     parser.add_argument("--count", type=int, default=500,
                         help="pending migrations of rows c and f; the seed is 100 x COUNT INSERTs")
     site = parser.add_mutually_exclusive_group()
     site.add_argument("--with-site", dest="with_site", action="store_true", default=None,
-                      help="run rows a (and b with --cold) against the project's container "
+                      help="run rows a and i (and b with --cold) against the project's container "
                            "(default: when %s exists)" % CONTAINER)
     site.add_argument("--no-with-site", dest="with_site", action="store_false")
     parser.add_argument("--cold", action="store_true",
@@ -320,16 +341,16 @@ def main():
     image = container_image() if shutil.which("docker") else None
     with_site = (image is not None) if args.with_site is None else args.with_site
     if args.only:
-        rows = [r for r in "abcdefgh" if r in args.only.lower()]
-        unknown = set(args.only.lower()) - set("abcdefgh, ")
+        rows = [r for r in "abcdefghi" if r in args.only.lower()]
+        unknown = set(args.only.lower()) - set("abcdefghi, ")
         if unknown or not rows:
-            parser.error("--only takes rows among a-h, got %r" % args.only)
+            parser.error("--only takes rows among a-i, got %r" % args.only)
     else:
-        rows = list("cdefgh") + (["a"] if with_site else []) + (["b"] if with_site and args.cold else [])
+        rows = list("cdefgh") + (["a", "i"] if with_site else []) + (["b"] if with_site and args.cold else [])
     if "b" in rows and not args.cold:
         parser.error("row b removes %s and its volume: add --cold to allow it" % CONTAINER)
-    if set(rows) & set("ab") and (not with_site or image is None):
-        parser.error("rows a and b need the project's container %s (and --with-site)" % CONTAINER)
+    if set(rows) & set("abi") and (not with_site or image is None):
+        parser.error("rows a, b and i need the project's container %s (and --with-site)" % CONTAINER)
 
     migrate_rows = [r for r in rows if r in "cdefgh"]
     params = server_params() if migrate_rows else None
@@ -344,12 +365,12 @@ def main():
         if "b" in rows:  # warm-up: the baseline's network and page cache
             subprocess.run([str(BASELINE_COLD), "up", image], check=True, stdout=subprocess.DEVNULL)
             subprocess.run([str(BASELINE_COLD), "down"], check=True)
-        if "a" in rows:  # converge once, so the timed runs have nothing to change
+        if set(rows) & set("ai"):  # converge once, so the timed runs have nothing to change
             timed(site_playbook(), playbook_env())
         for _ in range(args.runs):
             if migrate_rows:
                 migrate_round(migrate_rows, params, work, dbs, args.count, samples)
-            if set(rows) & set("ab"):
+            if set(rows) & set("abi"):
                 site_round(rows, samples, image)
         if set(rows) & set("eh"):
             seed_mb = sum(p.stat().st_size for p in work.folder("seed", args.count).iterdir()) / 1e6
