@@ -3,8 +3,8 @@
 #               and install the migrations command line as .venv/bin/pg-migrate
 #   make cli    install .venv/bin/pg-migrate only (no provisioning)
 #   make test   lint, unit tests, then `molecule test` (converge, idempotence, integration tests)
-#               for the single server and, beside it, for the cluster (scenario `cluster`),
-#               then the Docker engine's tests (tests/engine)
+#               for the single server and, beside it, for the cluster (scenario `cluster`)
+#               and the image builds (tests/image), then the Docker engine's tests (tests/engine)
 #   make bench  the benchmarks under bench/
 SHELL := /bin/bash
 VENV := .venv
@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # Ansible and Molecule call each other by name: the venv goes first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: up cli test lint unit molecule molecule-default molecule-cluster bench clean-venv node test-tools
+.PHONY: up cli test lint unit molecule single-server-lane cluster-and-image-lane bench clean-venv node test-tools
 
 $(BIN)/activate:
 	command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null \
@@ -59,25 +59,29 @@ unit: $(VENV)/.installed
 
 # The tests take over the local stacks: both are removed first (molecule/default/teardown.yml), so
 # that converge starts from nothing with the secrets of this clone. The image both run is built
-# first, once. Then the single server (scenario `default`, the inventory's names) and the cluster
-# (scenario `cluster`: names, ports, folders and secrets of its own, molecule/cluster/vars.json) run
-# side by side, one on each of this machine's 2 cores (one after the other they took 58 minutes).
-# The single server's suite runs at a lower priority: the cluster's tests time failovers and lag,
-# the single server's only count changes. The engine's own tests stop dockerd, so they come last.
+# first, once. Then two lanes side by side, one on each of this machine's 2 cores (one after the
+# other they took 58 minutes): the single server (scenario `default`, the inventory's names), and
+# the cluster (scenario `cluster`: names, ports, folders and secrets of its own,
+# molecule/cluster/vars.json) followed by the image builds' tests (tests/image: a repository and a
+# build folder of their own, no database), which keep that lane as long as the first. The single
+# server's lane runs at a lower priority: the cluster's tests time failovers and lag, the single
+# server's only count changes. The engine's own tests stop dockerd, so they come last.
 CLUSTER_VARS := molecule/cluster/vars.json
+DURATIONS := --durations=0 --durations-min=10
 
 molecule: $(VENV)/.installed $(BIN)/pg-migrate node test-tools
 	ansible-playbook molecule/default/teardown.yml
 	ansible-playbook molecule/default/teardown.yml -e @$(CLUSTER_VARS)
 	ansible-playbook tests/integration/image_only.yml
-	$(MAKE) --jobs=2 --output-sync=target molecule-default molecule-cluster
+	$(MAKE) --jobs=2 --output-sync=target single-server-lane cluster-and-image-lane
 	pytest tests/engine
 
-molecule-default:
+single-server-lane:
 	nice -n 10 molecule test
 
-molecule-cluster:
+cluster-and-image-lane:
 	molecule test --scenario-name cluster
+	pytest $(DURATIONS) tests/image
 
 test: lint unit molecule
 

@@ -89,29 +89,46 @@ def _server():
     }
 
 
+def login_params(env_name, file_name, user, dbname):
+    """Connection parameters of a role whose password is the secret `env_name`, else `file_name`.
+
+    The fixtures below are per test; class- and module-scoped fixtures call this directly.
+    """
+    return dict(_server(), user=user, dbname=dbname, password=secret(env_name, file_name))
+
+
+def admin_login():
+    """The superuser in the database `postgres`."""
+    return login_params("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password",
+                        os.environ.get("PGTEST_ADMIN_USER", "postgres"), "postgres")
+
+
+def app_login():
+    """The application role in the application database."""
+    return login_params("POSTGRES_PASSWORD", "postgres_app_password", APP_ROLE, DB_NAME)
+
+
+def owner_login():
+    """The role that owns the schema, in the application database."""
+    return login_params("POSTGRES_OWNER_PASSWORD", "postgres_owner_password", OWNER_ROLE, DB_NAME)
+
+
 @pytest.fixture
 def admin_params():
     """Connection parameters of the superuser, database `postgres`."""
-    return dict(
-        _server(),
-        user=os.environ.get("PGTEST_ADMIN_USER", "postgres"),
-        password=secret("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password"),
-        dbname="postgres",
-    )
+    return admin_login()
 
 
 @pytest.fixture
 def app_params():
     """Connection parameters of the application role in `social_selling`."""
-    return dict(_server(), user=APP_ROLE, dbname=DB_NAME,
-                password=secret("POSTGRES_PASSWORD", "postgres_app_password"))
+    return app_login()
 
 
 @pytest.fixture
 def owner_params():
     """Connection parameters of the schema owner role in `social_selling`."""
-    return dict(_server(), user=OWNER_ROLE, dbname=DB_NAME,
-                password=secret("POSTGRES_OWNER_PASSWORD", "postgres_owner_password"))
+    return owner_login()
 
 
 @contextlib.contextmanager

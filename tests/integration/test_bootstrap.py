@@ -5,14 +5,14 @@ pg_stat_statements" and "Application database user created with correct
 permissions". Every check logs in for real, through the published port.
 """
 import json
-import os
 import subprocess
 import uuid
 
 import psycopg2
 import pytest
 
-from conftest import APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, _server, docker_exec, query, run_playbook, secret
+from conftest import (APP_ROLE, CONTAINER, DB_NAME, OWNER_ROLE, admin_login, app_login, docker_exec, owner_login, query,
+                      run_playbook, secret)
 
 EXTENSIONS = ["pg_stat_statements", "pg_trgm", "pgcrypto", "uuid-ossp"]
 
@@ -118,10 +118,6 @@ PASSWORD_TASKS = ["postgres_container : Write the superuser password file",
 ROTATED = {"POSTGRES_PASSWORD": "app", "POSTGRES_OWNER_PASSWORD": "owner", "POSTGRES_ADMIN_PASSWORD": "admin"}
 
 
-def _params(env_name, file_name, user, dbname):
-    return dict(_server(), user=user, dbname=dbname, password=secret(env_name, file_name))
-
-
 def _login(params, password, statement="SELECT 1"):
     """'ok' when these parameters log in with this password and run the statement, else the server's error."""
     try:
@@ -142,10 +138,7 @@ class TestRotation:
 
     @pytest.fixture(scope="class")
     def rotation(self):
-        params = {"app": _params("POSTGRES_PASSWORD", "postgres_app_password", APP_ROLE, DB_NAME),
-                  "owner": _params("POSTGRES_OWNER_PASSWORD", "postgres_owner_password", OWNER_ROLE, DB_NAME),
-                  "admin": _params("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password",
-                                   os.environ.get("PGTEST_ADMIN_USER", "postgres"), "postgres")}
+        params = {"app": app_login(), "owner": owner_login(), "admin": admin_login()}
         new = {name: f"rotated-{name}-{uuid.uuid4().hex}" for name in params}
         env = {variable: new[name] for variable, name in ROTATED.items()}
         # The owner's DDL shows the new password can still do the owner's work.

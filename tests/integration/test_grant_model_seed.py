@@ -14,7 +14,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from conftest import APP_ROLE, DB_NAME, OWNER_ROLE, _server, query, run_playbook, secret
+from conftest import APP_ROLE, DB_NAME, OWNER_ROLE, owner_login, query, run_playbook
 
 SEED = ("-e", "postgres_bootstrap_grant_model=seed")
 
@@ -59,12 +59,6 @@ def run_as_app(app_params, statement):
 def assert_refused(app_params, statement, message):
     with pytest.raises(psycopg2.errors.InsufficientPrivilege, match=message):
         run_as_app(app_params, statement)
-
-
-def owner_login():
-    """The owner role's connection parameters, for the class-scoped fixtures (conftest's are per test)."""
-    return dict(_server(), user=OWNER_ROLE, dbname=DB_NAME,
-                password=secret("POSTGRES_OWNER_PASSWORD", "postgres_owner_password"))
 
 
 def owner_table(owner_params):

@@ -24,16 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import (APP_ROLE, CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, _server, container_id, docker_exec, query,
+from conftest import (APP_ROLE, CONFIG_ROOT, CONTAINER, DB_NAME, DB_PORT, admin_login, container_id, docker_exec, query,
                       run_playbook, secret)
 
 CA_FILE = CONFIG_ROOT + "/ca.crt"
-
-
-def _admin_login():
-    """The superuser's connection parameters, for class-scoped fixtures (conftest's are per test)."""
-    return dict(_server(), user=os.environ.get("PGTEST_ADMIN_USER", "postgres"), dbname="postgres",
-                password=secret("POSTGRES_ADMIN_PASSWORD", "postgres_admin_password"))
 
 
 def _connect(params, **extra):
@@ -212,7 +206,7 @@ class TestOwnCertificate:
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())),
             "postgres_container_ssl_ca_file": ca_file,
         }
-        admin = _admin_login()
+        admin = admin_login()
         ssl_before = query(admin, "SHOW ssl")[0][0]
         served_before = _served_certificate(CA_FILE) if ssl_before == "on" else None
         saved = {}

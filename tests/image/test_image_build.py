@@ -31,11 +31,14 @@ PLAYBOOK = "tests/integration/image_only.yml"
 REPORT = re.compile(r"postgres_image:\s+package\s+lists\s+from\s+(\S+),\s+(\d+)\s+days\s+old\s+\((\S+)\)")
 
 
+#: Every run of the role here: always the built image, under this module's names.
+BASE_VARIABLES = {"postgres_image_build": "always", "postgres_image_build_repository": REPOSITORY,
+                  "postgres_image_build_dir": str(BUILD_DIR)}
+
+
 def run_role(**extra_vars):
-    """Apply the role alone: always the built image, under this module's names."""
-    variables = {"postgres_image_build": "always", "postgres_image_build_repository": REPOSITORY,
-                 "postgres_image_build_dir": str(BUILD_DIR), **extra_vars}
-    return run_playbook(PLAYBOOK, "-e", json.dumps(variables))
+    """Apply the role alone, with BASE_VARIABLES and these."""
+    return run_playbook(PLAYBOOK, "-e", json.dumps({**BASE_VARIABLES, **extra_vars}))
 
 
 def report(run):
@@ -80,10 +83,7 @@ def in_image(ref, script, network="none"):
 
 def refresh_from_the_command_line():
     """A refresh as a user asks for it: `-e postgres_image_refresh=true`, a string."""
-    return run_playbook(PLAYBOOK, "-e", json.dumps({"postgres_image_build": "always",
-                                                   "postgres_image_build_repository": REPOSITORY,
-                                                   "postgres_image_build_dir": str(BUILD_DIR)}),
-                        "-e", "postgres_image_refresh=true")
+    return run_playbook(PLAYBOOK, "-e", json.dumps(BASE_VARIABLES), "-e", "postgres_image_refresh=true")
 
 
 @pytest.fixture(scope="module")
