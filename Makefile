@@ -63,7 +63,7 @@ unit: $(VENV)/.installed
 # other they took 58 minutes): the single server (scenario `default`, the inventory's names), and
 # the cluster (scenario `cluster`: names, ports, folders and secrets of its own,
 # molecule/cluster/vars.json) followed by the image builds' tests (tests/image: a repository and a
-# build folder of their own, no database), which keep that lane as long as the first. The single
+# build folder of their own, no database), which would otherwise lengthen the first. The single
 # server's lane runs at a lower priority: the cluster's tests time failovers and lag, the single
 # server's only count changes. The engine's own tests stop dockerd, so they come last.
 CLUSTER_VARS := molecule/cluster/vars.json
